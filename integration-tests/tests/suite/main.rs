@@ -1,0 +1,47 @@
+//! shardgate's integration suite: real Postgres servers (a shared local cluster of one primary and
+//! one streaming replica), the proxy in-process, real clients (tokio-postgres, psql).
+//!
+//! Add a module: write `mod foo;` below with `tests![...]` in it, and list `foo::TESTS` in
+//! `MODULES`. Run one test: `cargo test -p integration-tests --test suite -- smoke::select_through_proxy`.
+
+mod harness;
+mod pooling;
+mod smoke;
+
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Trial};
+
+use harness::{Ctx, Test};
+
+/// Every module's tests.
+const MODULES: &[&[Test]] = &[harness::TESTS, smoke::TESTS, pooling::TESTS];
+
+fn main() {
+    let args = Arguments::from_args();
+    let ctx = Arc::new(Ctx::default());
+    ctx.stop_clusters_on_signal();
+    let trials = MODULES
+        .iter()
+        .flat_map(|tests| tests.iter())
+        .map(|test| {
+            let ctx = Arc::clone(&ctx);
+            Trial::test(test.display_name(), move || {
+                (test.run)(&ctx).map_err(|e| failure_message(&e).into())
+            })
+        })
+        .collect();
+    // libtest-mimic catches panics, so this returns even when tests panic.
+    let conclusion = libtest_mimic::run(&args, trials);
+    harness::teardown(ctx);
+    conclusion.exit();
+}
+
+/// The error and its causes, one a line, without the backtrace that `{:?}` adds under RUST_BACKTRACE.
+fn failure_message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    text
+}

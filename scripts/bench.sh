@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Throughput, latency and CPU of shardgate against direct Postgres, measured in one interleaved run.
+#
+#   scripts/bench.sh                      # 3 rounds of 10 s, 16 clients, pgbench scale 10
+#   ROUNDS=6 DURATION=10 scripts/bench.sh
+#   PGBOUNCER=1 scripts/bench.sh          # also PgBouncer (apt-get install -y pgbouncer), same rounds
+#
+# It starts `shardgate demo` (one shard: a primary and a streaming replica) under a temp dir, loads
+# pgbench data into the primary, then for each round runs every workload directly against the primary
+# and through shardgate (and PgBouncer) back to back. It prints per workload the median tps and
+# latency of each target, the ratio target/direct, the proxy's CPU per transaction (from
+# /proc/PID/stat), the latency shardgate adds at 1 client, and shardgate's peak RSS (VmHWM).
+# This is a benchmark, not a test: numbers move 10-30 % between runs on a 2-core machine.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-16}
+SCALE=${SCALE:-10}
+PORT=${PORT:-16432}
+PGBOUNCER=${PGBOUNCER:-0}
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet
+BIN=$PWD/target/release/shardgate
+WORK=$(mktemp -d /tmp/shardgate-bench.XXXXXX)
+chmod 755 "$WORK"
+DEMO_PID=""
+BOUNCER_PID=""
+cleanup() {
+    [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+    if [ -n "$DEMO_PID" ]; then
+        kill -INT "$DEMO_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+SHARDGATE_LOG=warn "$BIN" demo --dir "$WORK/cluster" --listen "127.0.0.1:$PORT" --shards 1 --replicas 1 \
+    > "$WORK/demo.out" 2> "$WORK/demo.err" &
+DEMO_PID=$!
+for _ in $(seq 1 600); do
+    grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" 2>/dev/null && break
+    kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.err"; exit 1; }
+    sleep 0.2
+done
+grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" || { echo "demo did not start"; cat "$WORK/demo.err"; exit 1; }
+MAP=$(sed -n 's/.*SHARDGATE_DEMO_READY.* map=\([^ ]*\).*/\1/p' "$WORK/demo.out")
+PRIMARY=$(sed -n '/^\[\[shards\]\]/,$ s/^primary = "\(.*\)"/\1/p' "$MAP" | head -1)
+PPORT=${PRIMARY##*:}
+
+export PGPASSWORD=secret
+DIRECT="host=127.0.0.1 port=$PPORT user=app dbname=app"
+PROXY="host=127.0.0.1 port=$PORT user=app dbname=app"
+psql -X -q "host=127.0.0.1 port=$PPORT user=postgres password=postgres dbname=app" \
+    -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" > /dev/null
+echo "loading pgbench scale $SCALE into the primary (port $PPORT)..."
+pgbench -i -q -s "$SCALE" "$DIRECT" > /dev/null 2>&1
+
+TARGETS="direct shardgate"
+if [ "$PGBOUNCER" = 1 ]; then
+    command -v pgbouncer > /dev/null || { echo "PGBOUNCER=1 needs pgbouncer (apt-get install -y pgbouncer)"; exit 1; }
+    BPORT=$((PORT + 1))
+    # Transaction mode for the simple-protocol workloads; 1.18 has no prepared statements in
+    # transaction mode, so the prepared workload uses a second pool in session mode.
+    cat > "$WORK/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$PPORT dbname=app pool_mode=transaction
+app_session = host=127.0.0.1 port=$PPORT dbname=app pool_mode=session
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+auth_type = plain
+auth_file = $WORK/users.txt
+default_pool_size = 20
+max_client_conn = 2000
+unix_socket_dir =
+logfile = $WORK/pgbouncer.log
+EOF
+    echo '"app" "secret"' > "$WORK/users.txt"
+    chown -R postgres "$WORK/pgbouncer.ini" "$WORK/users.txt" 2>/dev/null || true
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+    else
+        pgbouncer "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+    fi
+    BOUNCER_PID=$!
+    sleep 1
+    TARGETS="direct shardgate pgbouncer"
+fi
+
+conn_for() { # target workload
+    case $1 in
+        direct) echo "$DIRECT" ;;
+        shardgate) echo "$PROXY" ;;
+        pgbouncer) if [ "$2" = prepared ]; then echo "host=127.0.0.1 port=$BPORT user=app dbname=app_session"; else echo "host=127.0.0.1 port=$BPORT user=app dbname=app"; fi ;;
+    esac
+}
+pid_for() {
+    case $1 in
+        shardgate) echo "$DEMO_PID" ;;
+        pgbouncer) echo "$BOUNCER_PID" ;;
+        *) echo "" ;;
+    esac
+}
+cpu_ticks() { # utime+stime of a pid, in clock ticks
+    [ -n "$1" ] || { echo 0; return; }
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+TICK=$(getconf CLK_TCK)
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+
+run_one() { # round target workload clients duration
+    local target=$2 workload=$3 clients=$4 duration=$5 args out pid before after txns
+    case $workload in
+        prepared) args="-S -M prepared" ;;
+        simple) args="-S -M simple" ;;
+        tpcb) args="-M simple" ;;
+    esac
+    pid=$(pid_for "$target")
+    before=$(cpu_ticks "$pid")
+    # shellcheck disable=SC2086
+    out=$(pgbench -n $args -c "$clients" -j 2 -T "$duration" "$(conn_for "$target" "$workload")" 2>&1) || true
+    after=$(cpu_ticks "$pid")
+    local tps lat
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    if [ -z "$tps" ]; then
+        echo "pgbench failed for $target $workload:" >&2
+        echo "$out" | tail -5 >&2
+        return
+    fi
+    local cpu_us=0
+    if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
+        cpu_us=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v n="$txns" 'BEGIN{printf "%.1f", (a-b)/t*1e6/n}')
+    fi
+    echo "$workload $clients $target $tps $lat $cpu_us" >> "$RESULTS"
+    printf '  round %s  %-9s %-9s c=%-3s tps=%-10s lat=%-8s ms  proxy_cpu=%s us/txn\n' "$1" "$workload" "$target" "$clients" "$tps" "$lat" "$cpu_us"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round/$ROUNDS"
+    for workload in prepared simple tpcb; do
+        for target in $TARGETS; do
+            run_one "$round" "$target" "$workload" "$CLIENTS" "$DURATION"
+        done
+    done
+    for target in $TARGETS; do
+        run_one "$round" "$target" prepared 1 "$((DURATION / 2 > 2 ? DURATION / 2 : 2))"
+    done
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {print a[(NR+1)/2]} else {printf "%.3f", (a[NR/2]+a[NR/2+1])/2}}'; }
+echo
+echo "medians over $ROUNDS rounds (pgbench -j 2, ${DURATION}s runs, scale $SCALE):"
+printf '%-9s %-3s %-10s %12s %10s %9s %14s\n' workload c target tps lat_ms x_direct proxy_us/txn
+for workload in prepared simple tpcb; do
+    for clients in "$CLIENTS" 1; do
+        [ "$clients" = 1 ] && [ "$workload" != prepared ] && continue
+        d=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $4}' "$RESULTS" | median)
+        dl=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $5}' "$RESULTS" | median)
+        for target in $TARGETS; do
+            t=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $4}' "$RESULTS" | median)
+            l=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $5}' "$RESULTS" | median)
+            cpu=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $6}' "$RESULTS" | median)
+            ratio=$(awk -v a="$t" -v b="$d" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print "-" }')
+            extra=""
+            if [ "$clients" = 1 ] && [ "$target" != direct ]; then
+                extra=$(awk -v a="$l" -v b="$dl" 'BEGIN{ printf "  (+%.0f us latency at 1 client)", (a-b)*1000 }')
+            fi
+            printf '%-9s %-3s %-10s %12s %10s %9s %14s%s\n' "$workload" "$clients" "$target" "$t" "$l" "$ratio" "$cpu" "$extra"
+        done
+    done
+done
+echo
+echo "shardgate peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$DEMO_PID/status")"

@@ -1,0 +1,298 @@
+//! Reading the file (and `SHARDGATE_…` environment overrides) and validating it.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use config::{Environment, File, FileFormat};
+
+use super::{AuthMethod, Config, ConfigError, ServerAddr};
+
+/// The hash space the shard ranges must cover: `[0, 2^32)`.
+pub const HASH_SPACE_END: u64 = 1 << 32;
+
+/// Loads and validates the shard map at `path`, with environment overrides applied.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string())
+}
+
+/// Loads and validates a shard map given as text; `origin` names it in error messages.
+pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let built = config::Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .add_source(
+            Environment::with_prefix("SHARDGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides())),
+        )
+        .build()
+        .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))?;
+    let config: Config = built
+        .try_deserialize()
+        .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// `SHARDGATE_<SECTION>__<KEY>` variables only: other `SHARDGATE_*` names (`SHARDGATE_LOG`,
+/// `SHARDGATE_PG_BIN`) are not shard-map keys.
+fn overrides() -> std::collections::HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SHARDGATE_") && k["SHARDGATE_".len()..].contains("__"))
+        .collect()
+}
+
+fn validate(c: &Config) -> Result<(), ConfigError> {
+    resolve(&c.proxy.listen).map_err(|p| ConfigError::invalid("proxy.listen", p))?;
+    if c.proxy.pool_size == 0 {
+        return Err(ConfigError::invalid(
+            "proxy.pool_size",
+            "must be at least 1 (backend connections per server)",
+        ));
+    }
+    if c.proxy.max_message_size < 1024 {
+        return Err(ConfigError::invalid(
+            "proxy.max_message_size",
+            format!(
+                "{} bytes is too small; Postgres clients need at least 1024",
+                c.proxy.max_message_size
+            ),
+        ));
+    }
+    if c.users.is_empty() {
+        return Err(ConfigError::invalid(
+            "users",
+            "no [[users]] entry: add at least one user who may connect",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, u) in c.users.iter().enumerate() {
+        let key = format!("users[{i}]");
+        if u.name.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "is empty"));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("user \"{}\" is listed twice", u.name),
+            ));
+        }
+        let is_verifier = u.password.starts_with("SCRAM-SHA-256$");
+        if is_verifier {
+            crate::frontend::auth::parse_scram_verifier(&u.password)
+                .map_err(|p| ConfigError::invalid(format!("{key}.password"), p))?;
+            if c.proxy.auth_method == AuthMethod::Md5 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.password"),
+                    "is a SCRAM verifier, which md5 authentication cannot use; \
+                     give the cleartext password or set proxy.auth_method = \"scram-sha-256\"",
+                ));
+            }
+        }
+    }
+    if c.backend.user.is_empty() {
+        return Err(ConfigError::invalid("backend.user", "is empty"));
+    }
+    if c.backend.database.is_empty() {
+        return Err(ConfigError::invalid("backend.database", "is empty"));
+    }
+    validate_shards(c)
+}
+
+fn validate_shards(c: &Config) -> Result<(), ConfigError> {
+    if c.shards.is_empty() {
+        return Err(ConfigError::invalid(
+            "shards",
+            "no [[shards]] entry: add at least one shard with its primary",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, s) in c.shards.iter().enumerate() {
+        let key = format!("shards[{i}]");
+        if s.name.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "is empty"));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("shard \"{}\" is listed twice", s.name),
+            ));
+        }
+        let [start, end] = s.range;
+        if start >= end || end > HASH_SPACE_END {
+            return Err(ConfigError::invalid(
+                format!("{key}.range"),
+                format!(
+                    "[{start}, {end}) is not a range within [0, {HASH_SPACE_END}): start must be below end"
+                ),
+            ));
+        }
+        resolve(&s.primary).map_err(|p| ConfigError::invalid(format!("{key}.primary"), p))?;
+        for (j, r) in s.replicas.iter().enumerate() {
+            resolve(r).map_err(|p| ConfigError::invalid(format!("{key}.replicas[{j}]"), p))?;
+        }
+    }
+    // The ranges must tile the hash space exactly.
+    let mut ranges: Vec<(u64, u64, &str)> = c
+        .shards
+        .iter()
+        .map(|s| (s.range[0], s.range[1], s.name.as_str()))
+        .collect();
+    ranges.sort();
+    let mut next = 0u64;
+    for (start, end, name) in ranges {
+        if start > next {
+            return Err(ConfigError::invalid(
+                "shards",
+                format!(
+                    "hash range [{next}, {start}) belongs to no shard (gap before shard \"{name}\")"
+                ),
+            ));
+        }
+        if start < next {
+            return Err(ConfigError::invalid(
+                "shards",
+                format!(
+                    "shard \"{name}\" range starts at {start}, inside the previous shard's range (overlap up to {next})"
+                ),
+            ));
+        }
+        next = end;
+    }
+    if next != HASH_SPACE_END {
+        return Err(ConfigError::invalid(
+            "shards",
+            format!("hash range [{next}, {HASH_SPACE_END}) belongs to no shard"),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves `host:port` to one socket address.
+pub(crate) fn resolve(text: &str) -> Result<SocketAddr, String> {
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("\"{text}\" is not a reachable host:port ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("\"{text}\" resolves to no address"))
+}
+
+impl Config {
+    /// The address clients connect to.
+    pub fn listen_addr(&self) -> SocketAddr {
+        resolve(&self.proxy.listen).expect("validated at load")
+    }
+
+    /// The primary of the shard every statement goes to until sharding is routed (issue 4): the first
+    /// shard listed.
+    pub fn default_primary(&self) -> ServerAddr {
+        ServerAddr(resolve(&self.shards[0].primary).expect("validated at load"))
+    }
+
+    /// The number of event-loop threads to run.
+    pub fn worker_count(&self) -> usize {
+        match self.proxy.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+pool_mode = "transaction"
+pool_size = 20
+[[users]]
+name = "app"
+password = "secret"
+[backend]
+user = "app"
+password = "secret"
+database = "app"
+[[shards]]
+name = "s0"
+range = [0, 4294967296]
+primary = "127.0.0.1:5433"
+replicas = ["127.0.0.1:5434"]
+"#;
+
+    fn err(text: &str) -> String {
+        load_str(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_map_loads() {
+        let c = load_str(GOOD, "test.toml").unwrap();
+        assert_eq!(c.proxy.pool_size, 20);
+        assert_eq!(c.shards[0].replicas.len(), 1);
+        assert_eq!(c.default_primary().0.port(), 5433);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = err(&GOOD.replace("pool_size = 20", "pool_size = \"many\""));
+        assert!(e.contains("pool_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err(&GOOD.replace("pool_size = 20", "pool_sise = 20"));
+        assert!(e.contains("pool_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_pool_mode_names_the_key() {
+        let e = err(&GOOD.replace("\"transaction\"", "\"statement\""));
+        assert!(e.contains("pool_mode") || e.contains("statement"), "{e}");
+    }
+
+    #[test]
+    fn zero_pool_size() {
+        let e = err(&GOOD.replace("pool_size = 20", "pool_size = 0"));
+        assert!(e.starts_with("proxy.pool_size:"), "{e}");
+    }
+
+    #[test]
+    fn bad_primary_address() {
+        let e = err(&GOOD.replace("127.0.0.1:5433", "nowhere"));
+        assert!(e.starts_with("shards[0].primary:"), "{e}");
+    }
+
+    #[test]
+    fn gap_in_ranges() {
+        let e = err(&GOOD.replace("[0, 4294967296]", "[0, 100]"));
+        assert!(e.contains("belongs to no shard"), "{e}");
+    }
+
+    #[test]
+    fn no_users() {
+        let text = GOOD.replace("[[users]]\nname = \"app\"\npassword = \"secret\"\n", "");
+        assert!(err(&text).starts_with("users:"));
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = err(&GOOD.replace(
+            "pool_size = 20",
+            "pool_size = 20\npool_wait_timeout = \"5 parsecs\"",
+        ));
+        assert!(
+            e.contains("pool_wait_timeout") || e.contains("duration"),
+            "{e}"
+        );
+    }
+}

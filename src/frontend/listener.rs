@@ -1,0 +1,195 @@
+//! Accepting clients and running them on per-core workers.
+//!
+//! Each worker is one thread with a `current_thread` tokio runtime and its own connection pools: a
+//! client's session task owns its client socket and its server connection on that one thread, so no
+//! message crosses threads on the hot path (measured in `shared/baseline.md`: one event loop per core is
+//! the cheapest epoll shape). The acceptor hands each new socket to the worker with the fewest clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::Shared;
+use crate::config::Config;
+use crate::pool::Pools;
+
+/// One event-loop thread's share of the proxy.
+pub struct Worker {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub pools: Pools,
+    /// Sessions running on this worker.
+    pub sessions: Arc<AtomicUsize>,
+}
+
+/// A running proxy. Dropping it stops it.
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl ProxyHandle {
+    /// The address clients connect to (the real port when the map says port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Clients connected now.
+    pub fn client_count(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, ends every session and joins the worker threads.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    /// Blocks until the proxy stops (it stops only when `stop` is called from elsewhere or on error).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn stop_inner(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Binds `proxy.listen` and starts the workers. Returns once the proxy accepts connections.
+pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
+    let listener = std::net::TcpListener::bind(config.listen_addr())?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let workers = config.worker_count();
+    let shared = Arc::new(Shared::new(config));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let mut senders = Vec::with_capacity(workers);
+    let mut loads = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers + 1);
+    for index in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let sessions = Arc::new(AtomicUsize::new(0));
+        senders.push(tx);
+        loads.push(sessions.clone());
+        let worker = Worker {
+            index,
+            pools: Pools::new(&shared.config, workers),
+            shared: shared.clone(),
+            sessions,
+        };
+        let stop = shutdown_rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("shardgate-w{index}"))
+                .spawn(move || run_worker(worker, rx, stop))?,
+        );
+    }
+    let stop = shutdown_rx.clone();
+    let accept_shared = shared.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("shardgate-accept".into())
+            .spawn(move || run_acceptor(listener, senders, loads, accept_shared, stop))?,
+    );
+    info!(%addr, workers, "listening");
+    Ok(ProxyHandle {
+        addr,
+        shutdown,
+        threads,
+        shared,
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn run_acceptor(
+    listener: std::net::TcpListener,
+    senders: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    loads: Vec<Arc<AtomicUsize>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    runtime().block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot register the listener");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let Ok(stream) = stream.into_std() else { continue };
+                        // The worker with the fewest sessions takes it.
+                        let (i, _) = loads
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, l)| l.load(Ordering::Relaxed))
+                            .expect("at least one worker");
+                        loads[i].fetch_add(1, Ordering::Relaxed);
+                        let _ = senders[i].send(stream);
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: report and keep accepting.
+                        warn!(error = %e, clients = shared.clients.load(Ordering::Relaxed), "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn run_worker(
+    worker: Worker,
+    mut sockets: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let worker = Arc::new(worker);
+    let rt = runtime();
+    rt.block_on(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                socket = sockets.recv() => {
+                    let Some(socket) = socket else { return };
+                    let w = worker.clone();
+                    tokio::spawn(async move {
+                        match tokio::net::TcpStream::from_std(socket) {
+                            Ok(stream) => super::startup::serve(w.clone(), stream).await,
+                            Err(e) => warn!(error = %e, "cannot register a client socket"),
+                        }
+                        w.sessions.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+            }
+        }
+    });
+    // Dropping the runtime here cancels every session task of this worker.
+    drop(rt);
+}

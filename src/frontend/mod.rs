@@ -1,0 +1,47 @@
+//! The client side: accepting connections, startup and authentication, and the session loop that
+//! forwards a client's messages to a pooled server connection and the answers back.
+//!
+//! Owns: client sockets and everything a client's session remembers (its prepared statement names, its
+//! settings, its transaction state). It never opens server connections itself; it asks `pool`.
+
+pub mod auth;
+pub mod listener;
+mod pending;
+pub mod session;
+pub mod startup;
+pub mod statements;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::backend::ServerParams;
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::session_state::Settings;
+use statements::StatementRegistry;
+
+/// State shared by every worker of one proxy.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub auth: auth::Credentials,
+    pub statements: StatementRegistry,
+    pub cancels: CancelRegistry,
+    /// ParameterStatus values a server reported for a given set of startup settings, so that a client
+    /// connecting with the same settings gets them without a server round trip.
+    pub startup_params: Mutex<HashMap<Settings, Arc<ServerParams>>>,
+    /// Clients connected now.
+    pub clients: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            auth: auth::Credentials::new(&config),
+            config: Arc::new(config),
+            statements: StatementRegistry::default(),
+            cancels: CancelRegistry::default(),
+            startup_params: Mutex::new(HashMap::new()),
+            clients: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}

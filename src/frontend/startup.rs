@@ -1,0 +1,357 @@
+//! A client's first messages: SSLRequest/GSSENCRequest (refused: TLS comes later), the startup packet or
+//! a CancelRequest, authentication (pgwire's SCRAM-SHA-256 and md5 mechanisms against `[[users]]`), then
+//! the ParameterStatus values a real server reports for the client's startup settings, BackendKeyData
+//! and ReadyForQuery. After that the socket belongs to `session`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use pgwire::api::auth::md5pass::Md5PasswordAuth;
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{
+    AuthDriver, AuthOutcome, DefaultServerParameterProvider, save_startup_parameters_to_metadata,
+};
+use pgwire::messages::startup::SecretKey;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::{MaybeTls, PgWireMessageServerCodec, negotiate_tls};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::listener::Worker;
+use super::session::Session;
+use crate::backend::ServerParams;
+use crate::config::AuthMethod;
+use crate::errors::SessionError;
+use crate::protocol::backend as msg;
+use crate::session_state::{self, Settings};
+
+/// How long a client may take from connecting to finishing authentication, as in Postgres.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+type ClientFramed = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
+
+/// What a successful startup hands to the session loop.
+pub struct Ready {
+    pub stream: TcpStream,
+    /// Bytes the client already sent after the startup (pipelined first query).
+    pub leftover: BytesMut,
+    pub user: String,
+    pub startup_settings: Arc<Settings>,
+}
+
+/// Serves one client connection from its first byte to its last.
+pub async fn serve(worker: Arc<Worker>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let span = info_span!("client", %peer, user = tracing::field::Empty);
+    async move {
+        let shared = worker.shared.clone();
+        let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        let _count = ClientCount(&shared.clients);
+        let cancel = shared.cancels.register();
+        let too_many = clients > shared.config.proxy.max_client_connections;
+        let ready = match tokio::time::timeout(
+            STARTUP_TIMEOUT,
+            startup(&worker, stream, cancel.pid, cancel.slot.secret, too_many),
+        )
+        .await
+        {
+            Ok(Ok(Some(ready))) => ready,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                debug!(error = %e, "startup failed");
+                return;
+            }
+            Err(_) => {
+                debug!("startup timed out");
+                return;
+            }
+        };
+        tracing::Span::current().record("user", ready.user.as_str());
+        Session::new(worker, ready, cancel.slot.clone()).run().await;
+        drop(cancel);
+    }
+    .instrument(span)
+    .await
+}
+
+struct ClientCount<'a>(&'a std::sync::atomic::AtomicUsize);
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends a FATAL error straight to the socket.
+async fn fatal(framed: &mut ClientFramed, err: &SessionError) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    err.write_to(&mut out);
+    let _ = framed.flush().await;
+    let io = framed.get_mut();
+    io.write_all(&out).await?;
+    io.flush().await
+}
+
+async fn startup(
+    worker: &Worker,
+    stream: TcpStream,
+    pid: i32,
+    secret: i32,
+    too_many: bool,
+) -> Result<Option<Ready>, SessionError> {
+    let shared = &worker.shared;
+    let io_err = |e: std::io::Error| SessionError::AuthFailed(format!("client connection: {e}"));
+    let Some(mut framed) = negotiate_tls::<()>(stream, None).await.map_err(io_err)? else {
+        return Ok(None);
+    };
+    let startup = match framed.next().await {
+        Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
+        Some(Ok(PgWireFrontendMessage::CancelRequest(c))) => {
+            // pgwire reads the key as bytes when it assumes protocol 3.2; ours are 4 bytes.
+            let key = match c.secret_key {
+                SecretKey::I32(key) => Some(key),
+                SecretKey::Bytes(b) => <[u8; 4]>::try_from(&b[..]).ok().map(i32::from_be_bytes),
+            };
+            if let Some(key) = key {
+                forward_cancel(worker, c.pid, key).await;
+            }
+            return Ok(None);
+        }
+        Some(Ok(_)) | None => return Ok(None),
+        Some(Err(e)) => {
+            let err = SessionError::Protocol(crate::protocol::ProtocolError::Malformed {
+                what: "startup",
+                problem: "the startup packet could not be read",
+            });
+            debug!(error = %e, "bad startup packet");
+            let _ = fatal(&mut framed, &err).await;
+            return Err(err);
+        }
+    };
+    let result = authenticate(worker, &mut framed, &startup, too_many).await;
+    let (user, startup_settings) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fatal(&mut framed, &e).await;
+            return Err(e);
+        }
+    };
+
+    // ParameterStatus as a real server reports it for these settings.
+    let params = match startup_params(worker, &startup_settings).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fatal(&mut framed, &e).await;
+            return Err(e);
+        }
+    };
+    let mut out = BytesMut::with_capacity(512);
+    msg::write_authentication_ok(&mut out);
+    for (name, value) in params.iter() {
+        msg::write_parameter_status(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    msg::write_backend_key_data(&mut out, pid, secret);
+    msg::write_ready_for_query(&mut out, msg::TX_IDLE);
+    framed
+        .flush()
+        .await
+        .map_err(|e| SessionError::AuthFailed(e.to_string()))?;
+    framed.get_mut().write_all(&out).await.map_err(io_err)?;
+
+    let parts = framed.into_parts();
+    let MaybeTls::Plain(stream) = parts.io else {
+        unreachable!("TLS is not offered, so the connection is plain TCP");
+    };
+    let _ = shared;
+    Ok(Some(Ready {
+        stream,
+        leftover: parts.read_buf,
+        user,
+        startup_settings: Arc::new(startup_settings),
+    }))
+}
+
+/// Checks the user and database, negotiates the protocol version and runs the auth exchange.
+async fn authenticate(
+    worker: &Worker,
+    framed: &mut ClientFramed,
+    startup: &pgwire::messages::startup::Startup,
+    too_many: bool,
+) -> Result<(String, Settings), SessionError> {
+    let shared = &worker.shared;
+    if too_many {
+        return Err(SessionError::TooManyClients);
+    }
+    if startup.protocol_number_major != 3 {
+        return Err(SessionError::UnsupportedProtocol {
+            major: startup.protocol_number_major,
+            minor: startup.protocol_number_minor,
+        });
+    }
+    let params: &BTreeMap<String, String> = &startup.parameters;
+    // Like Postgres 15: speak 3.0 and name the protocol options we do not know.
+    let unknown_options: Vec<String> = params
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if startup.protocol_number_minor > 0 || !unknown_options.is_empty() {
+        let mut out = BytesMut::new();
+        msg::write_negotiate_protocol_version(&mut out, 0, &unknown_options);
+        framed
+            .get_mut()
+            .write_all(&out)
+            .await
+            .map_err(|e| SessionError::AuthFailed(e.to_string()))?;
+    }
+    let user = params.get("user").cloned().unwrap_or_default();
+    if user.is_empty() {
+        return Err(SessionError::NoUser);
+    }
+    if params.contains_key("replication") && params["replication"] != "false" {
+        return Err(SessionError::Replication);
+    }
+    if !shared.auth.knows(&user) {
+        return Err(SessionError::UnknownUser(user));
+    }
+    save_startup_parameters_to_metadata(framed, startup);
+
+    let source = Arc::new(shared_credentials(worker));
+    let mechanism = match shared.config.proxy.auth_method {
+        AuthMethod::ScramSha256 => ScramAuth::new(source).create(),
+        AuthMethod::Md5 => Md5PasswordAuth::new(source).create(),
+    };
+    let driver: AuthDriver<DefaultServerParameterProvider> =
+        AuthDriver::new(DefaultServerParameterProvider::default());
+    let bad_password = || SessionError::BadPassword(user.clone());
+    let mut outcome = driver
+        .begin_authentication(framed, mechanism)
+        .await
+        .map_err(|_| bad_password())?;
+    loop {
+        match outcome {
+            AuthOutcome::Authenticated { final_message, .. } => {
+                if let Some(m) = final_message {
+                    framed
+                        .send(PgWireBackendMessage::Authentication(m))
+                        .await
+                        .map_err(|e| SessionError::AuthFailed(e.to_string()))?;
+                }
+                break;
+            }
+            AuthOutcome::InProgress => match framed.next().await {
+                Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => {
+                    outcome = driver
+                        .advance_authentication(framed, m)
+                        .await
+                        .map_err(|_| bad_password())?;
+                }
+                // The client hung up (psql does, to ask the user for a password).
+                None => return Err(SessionError::AuthFailed("client disconnected".into())),
+                Some(_) => return Err(bad_password()),
+            },
+        }
+    }
+
+    let database = params
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    if database != shared.config.backend.database {
+        return Err(SessionError::UnknownDatabase(database));
+    }
+    Ok((user, session_state::from_startup(params)))
+}
+
+/// The credentials as an `AuthSource` (pgwire wants an owned `Arc`).
+fn shared_credentials(worker: &Worker) -> SharedCredentials {
+    SharedCredentials(worker.shared.clone())
+}
+
+#[derive(Debug)]
+struct SharedCredentials(Arc<super::Shared>);
+
+impl std::fmt::Debug for super::Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+#[async_trait::async_trait]
+impl pgwire::api::auth::AuthSource for SharedCredentials {
+    async fn get_password(
+        &self,
+        login: &pgwire::api::auth::LoginInfo,
+    ) -> pgwire::error::PgWireResult<pgwire::api::auth::Password> {
+        self.0.auth.get_password(login).await
+    }
+
+    async fn get_scram_secret(
+        &self,
+        login: &pgwire::api::auth::LoginInfo,
+    ) -> pgwire::error::PgWireResult<(pgwire::api::auth::sasl::scram::ScramSecret, Option<()>)>
+    {
+        self.0.auth.get_scram_secret(login).await
+    }
+}
+
+/// The ParameterStatus values for `settings`: from the cache, or by applying them on a real server.
+async fn startup_params(
+    worker: &Worker,
+    settings: &Settings,
+) -> Result<Arc<ServerParams>, SessionError> {
+    let shared = &worker.shared;
+    if let Some(p) = shared
+        .startup_params
+        .lock()
+        .expect("startup params lock")
+        .get(settings)
+    {
+        return Ok(p.clone());
+    }
+    let shard = shared.config.shards[0].name.clone();
+    let addr = shared.config.default_primary();
+    let mut conn = worker.pools.get(&shard, addr).await?;
+    let lost = |e: crate::errors::BackendError| SessionError::BackendUnavailable {
+        shard: shard.clone(),
+        source: e,
+    };
+    if let Some(sql) = session_state::replay_sql(&conn.settings, settings) {
+        let r = conn.run_internal(&sql).await.map_err(lost)?;
+        if let Some(error) = r.error {
+            // The settings of this connection are now unknown: do not reuse it.
+            conn.broken = true;
+            let _ = crate::pool::Checkout::take(conn);
+            return Err(SessionError::StartupSettingRejected(error));
+        }
+        conn.settings = Arc::new(settings.clone());
+    }
+    let params = Arc::new(conn.params.clone());
+    let mut cache = shared.startup_params.lock().expect("startup params lock");
+    if cache.len() > 1024 {
+        cache.clear();
+    }
+    cache.insert(settings.clone(), params.clone());
+    Ok(params)
+}
+
+/// Relays a client's CancelRequest to the server running its query.
+async fn forward_cancel(worker: &Worker, pid: i32, secret: i32) {
+    match worker.shared.cancels.lookup(pid, secret) {
+        Some(t) => {
+            if let Err(e) = crate::backend::send_cancel(t.addr, t.pid, t.secret).await {
+                warn!(server = %t.addr, error = %e, "could not forward a cancel request");
+            }
+        }
+        None => debug!(pid, "cancel request for no running query (or a wrong key)"),
+    }
+}

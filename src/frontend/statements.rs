@@ -1,0 +1,83 @@
+//! Named prepared statements under transaction pooling.
+//!
+//! A client's statement names are its own; on the servers every distinct (query text, parameter types)
+//! is prepared once per server connection under a proxy-wide name `_sg_<id>`, and re-prepared on
+//! whichever connection serves the next Bind or Describe (the same idea as PgBouncer 1.21 and PgDog).
+//! Ids are never reused, so a name on a server always means one text.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+
+/// One distinct statement, shared by every client that prepared the same text and parameter types.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// `_sg_<id>`, the name it has on servers.
+    pub server_name: Bytes,
+    /// The Parse body after the name: `query\0`, parameter count, parameter type OIDs.
+    pub parse_rest: Bytes,
+    /// Whether running it may change session state (see `session_state::text_may_change_session`).
+    pub changes_session: bool,
+}
+
+/// The proxy-wide table of statements. Locked only when a client parses a named statement.
+#[derive(Default)]
+pub struct StatementRegistry {
+    by_text: Mutex<HashMap<Bytes, Weak<Statement>>>,
+    next_id: AtomicU64,
+}
+
+impl StatementRegistry {
+    /// The statement for this Parse body, shared with other clients that prepared the same.
+    pub fn intern(&self, parse_rest: &[u8]) -> Arc<Statement> {
+        let mut map = self.by_text.lock().expect("statement registry lock");
+        if let Some(live) = map.get(parse_rest).and_then(Weak::upgrade) {
+            return live;
+        }
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let rest = Bytes::copy_from_slice(parse_rest);
+        let stmt = Arc::new(Statement {
+            id,
+            server_name: Bytes::from(format!("_sg_{id}")),
+            changes_session: crate::session_state::text_may_change_session(
+                crate::protocol::frontend::query_text(&rest),
+            ),
+            parse_rest: rest.clone(),
+        });
+        map.insert(rest, Arc::downgrade(&stmt));
+        stmt
+    }
+
+    /// Statements some client still holds.
+    pub fn live(&self) -> usize {
+        let map = self.by_text.lock().expect("statement registry lock");
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_statement_until_dropped() {
+        let r = StatementRegistry::default();
+        let a = r.intern(b"select 1\0\0\0");
+        let b = r.intern(b"select 1\0\0\0");
+        assert_eq!(a.id, b.id);
+        assert_eq!(&a.server_name[..], format!("_sg_{}", a.id).as_bytes());
+        let c = r.intern(b"select 2\0\0\0");
+        assert_ne!(a.id, c.id);
+        let old = a.id;
+        drop((a, b));
+        let d = r.intern(b"select 1\0\0\0");
+        assert_ne!(d.id, old, "ids are never reused");
+        assert_eq!(r.live(), 2);
+    }
+}

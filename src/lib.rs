@@ -1,0 +1,39 @@
+//! shardgate: a PostgreSQL proxy that pools connections and (in later steps) splits reads from writes and
+//! shards by key, behind one Postgres endpoint.
+//!
+//! The path of a client's bytes:
+//!
+//! ```text
+//! frontend::listener (accept, hand to a worker)
+//!   → frontend::startup (pgwire: SSLRequest refusal, startup packet, SCRAM/md5 auth; ParameterStatus
+//!                        and BackendKeyData from a real server)
+//!   → frontend::session (one task owns the client socket and, while it holds one, a server connection;
+//!                        frames are forwarded as the bytes that arrived)
+//!       → pool (per-worker deadpool pools of backend::BackendConn, one per server)
+//!       ← backend frames forwarded; ReadyForQuery 'I' with nothing owed → connection back to the pool
+//! ```
+//!
+//! Module map:
+//! - [`config`]: `shard-map.toml` → validated [`config::Config`].
+//! - [`protocol`]: frame headers, tags, the few fields the proxy reads, the few messages it writes.
+//! - [`frontend`]: listener and workers, startup and auth, the session loop, prepared-statement renaming.
+//! - [`backend`]: one server connection: connect, login, internal queries, cancel.
+//! - [`pool`]: per-server connection pools.
+//! - [`session_state`]: session settings that follow a client across pooled connections.
+//! - [`cancel`]: CancelRequest routing.
+//! - [`errors`]: every error a client can get from the proxy, with its SQLSTATE.
+//! - [`localcluster`]: real Postgres servers in temp dirs, for `shardgate demo` and the test suite.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod errors;
+pub mod frontend;
+pub mod localcluster;
+pub mod pool;
+pub mod protocol;
+pub mod session_state;
+
+pub use frontend::listener::{ProxyHandle, start};

@@ -1,0 +1,118 @@
+//! The `shardgate` command: run the proxy, run a local demo cluster, or check a shard map.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A PostgreSQL proxy that pools, splits reads and writes, and shards by key"
+)]
+struct Cli {
+    /// The shard map.
+    #[arg(long, short, global = true, default_value = "shard-map.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Start a local cluster (2 shards × primary + streaming replica) and the proxy in front of it.
+    Demo {
+        /// Where the cluster's data goes (default ./shardgate-demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Validate the shard map and exit.
+    CheckConfig,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::CheckConfig => match shardgate::config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardgate: invalid shard map: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo {
+            dir,
+            listen,
+            shards,
+            replicas,
+        } => match demo::run(demo::DemoOptions {
+            dir,
+            listen,
+            shards,
+            replicas,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardgate demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match shardgate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardgate: invalid shard map: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = match shardgate::start(config) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("shardgate: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    });
+    tracing::info!("stopping");
+    handle.stop();
+    ExitCode::SUCCESS
+}

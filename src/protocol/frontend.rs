@@ -1,0 +1,166 @@
+//! Frontend (client → server) messages: tags, zero-copy peekers for the fields the proxy reads, and
+//! writers for the frames it rewrites (a statement name renamed, a Parse injected).
+//!
+//! Peekers take the frame *body* (after the 5-byte header) and return borrowed slices.
+
+use bytes::{BufMut, BytesMut};
+
+use super::{ProtocolError, cstr};
+
+pub const BIND: u8 = b'B';
+pub const CLOSE: u8 = b'C';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_FAIL: u8 = b'f';
+pub const DESCRIBE: u8 = b'D';
+pub const EXECUTE: u8 = b'E';
+pub const FLUSH: u8 = b'H';
+pub const FUNCTION_CALL: u8 = b'F';
+pub const PARSE: u8 = b'P';
+pub const QUERY: u8 = b'Q';
+pub const SYNC: u8 = b'S';
+pub const TERMINATE: u8 = b'X';
+
+/// The tags a client may send once the startup is over. Anything else is a protocol violation, as in
+/// Postgres (`postgres.c`, "invalid frontend message type").
+#[inline]
+pub fn is_known_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        BIND | CLOSE
+            | COPY_DATA
+            | COPY_DONE
+            | COPY_FAIL
+            | DESCRIBE
+            | EXECUTE
+            | FLUSH
+            | FUNCTION_CALL
+            | PARSE
+            | QUERY
+            | SYNC
+            | TERMINATE
+    )
+}
+
+const MALFORMED_NAME: ProtocolError = ProtocolError::Malformed {
+    what: "frontend",
+    problem: "a name is not NUL-terminated",
+};
+
+/// Parse: `(statement name, rest)` where rest is `query\0 i16 n, n × oid`.
+#[inline]
+pub fn parse_name(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
+    cstr(body).ok_or(MALFORMED_NAME)
+}
+
+/// The query text at the front of a Parse's rest (or of a Query body), without its NUL.
+#[inline]
+pub fn query_text(rest: &[u8]) -> &[u8] {
+    cstr(rest).map(|(q, _)| q).unwrap_or(rest)
+}
+
+/// `(portal, statement, rest)` of a Bind.
+pub type BindNames<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Bind: `(portal, statement, rest)` where rest starts at the parameter format codes.
+#[inline]
+pub fn bind_statement(body: &[u8]) -> Result<BindNames<'_>, ProtocolError> {
+    let (portal, rest) = cstr(body).ok_or(MALFORMED_NAME)?;
+    let (stmt, rest) = cstr(rest).ok_or(MALFORMED_NAME)?;
+    Ok((portal, stmt, rest))
+}
+
+/// Describe / Close: `(b'S' or b'P', name)`.
+#[inline]
+pub fn target(body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
+    let (&kind, rest) = body.split_first().ok_or(ProtocolError::Malformed {
+        what: "Describe/Close",
+        problem: "empty body",
+    })?;
+    let (name, _) = cstr(rest).ok_or(MALFORMED_NAME)?;
+    Ok((kind, name))
+}
+
+fn frame(out: &mut BytesMut, tag: u8, body_len: usize) {
+    out.reserve(5 + body_len);
+    out.put_u8(tag);
+    out.put_u32((4 + body_len) as u32);
+}
+
+/// Writes `Parse(name, rest)`.
+pub fn write_parse(out: &mut BytesMut, name: &[u8], rest: &[u8]) {
+    frame(out, PARSE, name.len() + 1 + rest.len());
+    out.put_slice(name);
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Writes `Bind(portal, statement, rest)`.
+pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], rest: &[u8]) {
+    frame(out, BIND, portal.len() + stmt.len() + 2 + rest.len());
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(stmt);
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Writes a Describe or Close of `kind` (`b'S'`/`b'P'`) for `name`.
+pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    frame(out, tag, 1 + name.len() + 1);
+    out.put_u8(kind);
+    out.put_slice(name);
+    out.put_u8(0);
+}
+
+/// Writes a simple `Query`.
+pub fn write_query(out: &mut BytesMut, sql: &str) {
+    frame(out, QUERY, sql.len() + 1);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// Writes `Sync`.
+pub fn write_sync(out: &mut BytesMut) {
+    frame(out, SYNC, 0);
+}
+
+/// Writes `Terminate`.
+pub fn write_terminate(out: &mut BytesMut) {
+    frame(out, TERMINATE, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_round_trip() {
+        let mut out = BytesMut::new();
+        write_bind(&mut out, b"", b"stmt1", b"\0\0\0\0\0\0");
+        let (portal, stmt, rest) = bind_statement(&out[5..]).unwrap();
+        assert_eq!(
+            (portal, stmt, rest),
+            (&b""[..], &b"stmt1"[..], &b"\0\0\0\0\0\0"[..])
+        );
+        assert_eq!(
+            u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+    }
+
+    #[test]
+    fn parse_round_trip() {
+        let mut out = BytesMut::new();
+        write_parse(&mut out, b"s", b"select 1\0\0\0");
+        let (name, rest) = parse_name(&out[5..]).unwrap();
+        assert_eq!(name, b"s");
+        assert_eq!(query_text(rest), b"select 1");
+    }
+
+    #[test]
+    fn target_needs_a_kind() {
+        assert!(target(b"").is_err());
+        assert_eq!(target(b"Sabc\0").unwrap(), (b'S', &b"abc"[..]));
+    }
+}
