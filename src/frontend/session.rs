@@ -88,6 +88,10 @@ pub struct Session {
     failed_tx: bool,
     /// In a failed transaction, the open segment is a ROLLBACK the proxy answers itself.
     failed_tx_rollback: bool,
+    /// The loss of the server connection that failed the transaction, not yet told to the client.
+    unreported_loss: Option<SessionError>,
+    /// A FATAL error the server sent before closing; the reason given when the connection ends.
+    server_fatal: Option<String>,
     statements: HashMap<Bytes, Arc<Statement>>,
     /// The client's session settings (startup parameters, then what it SET).
     settings: Arc<Settings>,
@@ -122,6 +126,8 @@ impl Session {
             in_segment: false,
             failed_tx: false,
             failed_tx_rollback: false,
+            unreported_loss: None,
+            server_fatal: None,
             statements: HashMap::new(),
             settings: ready.startup_settings.clone(),
             startup_settings: ready.startup_settings,
@@ -576,12 +582,23 @@ impl Session {
     /// Postgres also answers with ROLLBACK here) ends it; everything else gets 25P02.
     fn on_failed_tx_frame(&mut self, tag: u8, frame: &[u8]) {
         let body = &frame[5..];
-        let failed = SessionError::InFailedTransaction;
+        // The first error tells why the transaction failed; later ones say it has.
+        let failed = match tag {
+            fe::SYNC | fe::FLUSH | fe::CLOSE => SessionError::InFailedTransaction,
+            fe::QUERY if ends_transaction(fe::query_text(body)) => {
+                SessionError::InFailedTransaction
+            }
+            _ => self
+                .unreported_loss
+                .take()
+                .unwrap_or(SessionError::InFailedTransaction),
+        };
         match tag {
             fe::QUERY => {
                 if ends_transaction(fe::query_text(body)) {
                     be::write_command_complete(&mut self.cout, "ROLLBACK");
                     self.failed_tx = false;
+                    self.unreported_loss = None;
                     be::write_ready_for_query(&mut self.cout, be::TX_IDLE);
                 } else {
                     failed.write_to(&mut self.cout);
@@ -614,6 +631,7 @@ impl Session {
                 let status = if self.failed_tx_rollback {
                     self.failed_tx = false;
                     self.failed_tx_rollback = false;
+                    self.unreported_loss = None;
                     be::TX_IDLE
                 } else {
                     be::TX_FAILED
@@ -758,6 +776,15 @@ impl Session {
                 Ok(true)
             }
             be::ERROR_RESPONSE => {
+                let severity = be::error_field(body, b'V').or_else(|| be::error_field(body, b'S'));
+                if matches!(severity, Some(b"FATAL" | b"PANIC")) {
+                    // About the server connection, not the client's session (shutdown, terminate):
+                    // the client hears of it as the loss of that connection, and keeps its own.
+                    let message = be::error_field(body, b'M').unwrap_or(b"FATAL error");
+                    self.server_fatal = Some(String::from_utf8_lossy(message).into_owned());
+                    conn.broken = true;
+                    return Ok(false);
+                }
                 match self.pending.front() {
                     Some(Pending::SimpleQuery | Pending::FunctionCall) | None => {}
                     Some(_) => self.fail_segment(),
@@ -871,6 +898,7 @@ impl Session {
         let Some(conn) = self.backend.take() else {
             return;
         };
+        let reason = self.server_fatal.take().unwrap_or(reason);
         self.cancel.set(None);
         let server = conn.addr;
         let in_tx = conn.tx_status != be::TX_IDLE;
@@ -892,6 +920,10 @@ impl Session {
             self.in_segment = false;
         }
         self.failed_tx = in_tx;
+        if in_tx && owed_ready == 0 && !self.local_skip {
+            // The client sits idle in its transaction: tell it with its next statement.
+            self.unreported_loss = Some(err);
+        }
     }
 
     // ---------------------------------------------------------------- writing

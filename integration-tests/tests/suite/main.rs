@@ -4,6 +4,7 @@
 //! Add a module: write `mod foo;` below with `tests![...]` in it, and list `foo::TESTS` in
 //! `MODULES`. Run one test: `cargo test -p integration-tests --test suite -- smoke::select_through_proxy`.
 
+mod bad_input;
 mod harness;
 mod pooling;
 mod smoke;
@@ -15,7 +16,12 @@ use libtest_mimic::{Arguments, Trial};
 use harness::{Ctx, Test};
 
 /// Every module's tests.
-const MODULES: &[&[Test]] = &[harness::TESTS, smoke::TESTS, pooling::TESTS];
+const MODULES: &[&[Test]] = &[
+    harness::TESTS,
+    smoke::TESTS,
+    pooling::TESTS,
+    bad_input::TESTS,
+];
 
 fn main() {
     let args = Arguments::from_args();
