@@ -21,8 +21,10 @@ PORT=${PORT:-16432}
 PGBOUNCER=${PGBOUNCER:-0}
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
+cargo build --release --quiet --bin shardgate -p shardgate -p integration-tests --bin idle_clients
 BIN=$PWD/target/release/shardgate
+IDLE_CLIENTS=$PWD/target/release/idle_clients
+IDLE=${IDLE:-1000}
 WORK=$(mktemp -d /tmp/shardgate-bench.XXXXXX)
 chmod 755 "$WORK"
 DEMO_PID=""
@@ -53,8 +55,12 @@ PPORT=${PRIMARY##*:}
 export PGPASSWORD=secret
 DIRECT="host=127.0.0.1 port=$PPORT user=app dbname=app"
 PROXY="host=127.0.0.1 port=$PORT user=app dbname=app"
+# The same server settings as shared/baseline.md: shared_buffers 256MB, synchronous_commit off.
 psql -X -q "host=127.0.0.1 port=$PPORT user=postgres password=postgres dbname=app" \
-    -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" > /dev/null
+    -c "ALTER SYSTEM SET synchronous_commit = off" -c "ALTER SYSTEM SET shared_buffers = '256MB'" > /dev/null
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+if [ "$(id -u)" = 0 ]; then AS_PG="runuser -u postgres --"; else AS_PG=""; fi
+$AS_PG "$PGBIN/pg_ctl" -D "$WORK/cluster/s0-primary" -w -t 60 restart -m fast > /dev/null
 echo "loading pgbench scale $SCALE into the primary (port $PPORT)..."
 pgbench -i -q -s "$SCALE" "$DIRECT" > /dev/null 2>&1
 
@@ -177,3 +183,21 @@ for workload in prepared simple tpcb; do
 done
 echo
 echo "shardgate peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$DEMO_PID/status")"
+
+# Memory of idle clients: RSS before and while $IDLE authenticated clients sit idle.
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+before=$(rss "$DEMO_PID")
+fifo=$WORK/idle.fifo
+mkfifo "$fifo"
+"$IDLE_CLIENTS" "postgres://app:secret@127.0.0.1:$PORT/app" "$IDLE" < "$fifo" > "$WORK/idle.out" 2>&1 &
+IDLE_PID=$!
+exec 7> "$fifo"
+for _ in $(seq 1 600); do grep -q READY "$WORK/idle.out" && break; kill -0 "$IDLE_PID" 2>/dev/null || break; sleep 0.1; done
+if grep -q READY "$WORK/idle.out"; then
+    during=$(rss "$DEMO_PID")
+    echo "$IDLE idle clients: shardgate RSS $before kB -> $during kB (+$(( (during - before) / 1024 )) MiB, $(( (during - before) * 1024 / IDLE )) bytes per client)"
+else
+    echo "idle clients did not connect: $(cat "$WORK/idle.out")"
+fi
+exec 7>&-
+wait "$IDLE_PID" 2>/dev/null || true

@@ -58,7 +58,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .with_context(|| format!("starting the local cluster in {}", dir.display()))?;
     let cluster_time = started.elapsed();
     if rt.block_on(signals.already_received()) {
-        println!("stopping the cluster");
+        println!("interrupted while starting; stopping the cluster");
         cluster.stop();
         return Ok(());
     }
@@ -142,6 +142,8 @@ impl StopSignals {
 
     /// True if either signal came already; does not wait.
     async fn already_received(&mut self) -> bool {
+        // A caught signal reaches the streams when the runtime's driver next runs; yielding lets it.
+        tokio::task::yield_now().await;
         tokio::select! {
             biased;
             _ = self.interrupt.recv() => true,

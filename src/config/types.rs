@@ -53,6 +53,9 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     pub max_client_connections: usize,
+    /// Server connections per worker that pipeline short statements of many clients (see
+    /// `frontend::multiplex`); 0 turns multiplexing off. Taken from `pool_size`.
+    pub multiplex_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +70,7 @@ impl Default for ProxyConfig {
             pool_wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_client_connections: 10_000,
+            multiplex_connections: 2,
         }
     }
 }

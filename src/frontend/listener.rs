@@ -5,7 +5,10 @@
 //! message crosses threads on the hot path (measured in `shared/baseline.md`: one event loop per core is
 //! the cheapest epoll shape). The acceptor hands each new socket to the worker with the fewest clients.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -17,13 +20,19 @@ use super::Shared;
 use crate::config::Config;
 use crate::pool::Pools;
 
-/// One event-loop thread's share of the proxy.
+/// One event-loop thread's share of the proxy. It lives on its thread (`Rc`), so sessions share
+/// its multiplexed connections without locks.
 pub struct Worker {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub pools: Pools,
     /// Sessions running on this worker.
     pub sessions: Arc<AtomicUsize>,
+    /// Multiplexed server connections (see `multiplex`), at most `mux_limit`.
+    pub mux: RefCell<Vec<Rc<super::multiplex::MuxConn>>>,
+    pub mux_limit: usize,
+    /// How fast simple-query and unnamed-statement texts have been, by a hash of the text.
+    pub text_speeds: RefCell<HashMap<u64, Arc<super::multiplex::StatementSpeed>>>,
 }
 
 /// A running proxy. Dropping it stops it.
@@ -88,17 +97,31 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
         let sessions = Arc::new(AtomicUsize::new(0));
         senders.push(tx);
         loads.push(sessions.clone());
-        let worker = Worker {
-            index,
-            pools: Pools::new(&shared.config, workers),
-            shared: shared.clone(),
-            sessions,
-        };
+        let shared = shared.clone();
         let stop = shutdown_rx.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("shardgate-w{index}"))
-                .spawn(move || run_worker(worker, rx, stop))?,
+                .spawn(move || {
+                    let pools = Pools::new(&shared.config, workers);
+                    // Multiplexed connections come out of the pool: leave at least three quarters
+                    // of it to transactions.
+                    let mux_limit = shared
+                        .config
+                        .proxy
+                        .multiplex_connections
+                        .min(pools.per_worker() / 4);
+                    let worker = Worker {
+                        index,
+                        pools,
+                        mux: RefCell::new(Vec::new()),
+                        mux_limit,
+                        text_speeds: RefCell::new(HashMap::new()),
+                        shared,
+                        sessions,
+                    };
+                    run_worker(worker, rx, stop)
+                })?,
         );
     }
     let stop = shutdown_rx.clone();
@@ -170,16 +193,17 @@ fn run_worker(
     mut sockets: mpsc::UnboundedReceiver<std::net::TcpStream>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let worker = Arc::new(worker);
+    let worker = Rc::new(worker);
     let rt = runtime();
-    rt.block_on(async move {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 socket = sockets.recv() => {
                     let Some(socket) = socket else { return };
                     let w = worker.clone();
-                    tokio::spawn(async move {
+                    tokio::task::spawn_local(async move {
                         match tokio::net::TcpStream::from_std(socket) {
                             Ok(stream) => super::startup::serve(w.clone(), stream).await,
                             Err(e) => warn!(error = %e, "cannot register a client socket"),
@@ -190,6 +214,7 @@ fn run_worker(
             }
         }
     });
-    // Dropping the runtime here cancels every session task of this worker.
+    // Dropping the tasks and the runtime here ends every session of this worker.
+    drop(local);
     drop(rt);
 }

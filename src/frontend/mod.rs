@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod listener;
+pub mod multiplex;
 mod pending;
 pub mod session;
 pub mod startup;

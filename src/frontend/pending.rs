@@ -19,15 +19,21 @@ pub enum Pending {
     Bind,
     /// Describe: ends with RowDescription or NoData (after a ParameterDescription for a statement).
     Describe,
-    /// Execute: ends with CommandComplete, EmptyQueryResponse or PortalSuspended.
-    Execute,
+    /// Execute: ends with CommandComplete, EmptyQueryResponse or PortalSuspended. `copy_ends`: how
+    /// many COPY data streams the client had ended when it sent this (see `Sync`).
+    Execute {
+        copy_ends: u32,
+    },
     Close,
     /// A CloseComplete the proxy sends itself (a statement close, which never reaches a server).
     SynthCloseComplete,
     /// An ErrorResponse the proxy raised; the rest of the segment is skipped as a server would.
     LocalError(Bytes),
-    /// Sync: ends with ReadyForQuery.
-    Sync,
+    /// Sync: ends with ReadyForQuery. A Sync the client sends while a server is in COPY FROM STDIN
+    /// (started by an Execute) is ignored by the server; `copy_ends` tells which those are.
+    Sync {
+        copy_ends: u32,
+    },
     /// A simple Query: ends with ReadyForQuery.
     SimpleQuery,
     /// FunctionCall: ends with ReadyForQuery.
@@ -49,7 +55,7 @@ impl Pending {
     pub fn ends_with_ready(&self) -> bool {
         matches!(
             self,
-            Pending::Sync | Pending::SimpleQuery | Pending::FunctionCall
+            Pending::Sync { .. } | Pending::SimpleQuery | Pending::FunctionCall
         )
     }
 }

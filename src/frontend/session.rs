@@ -13,12 +13,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tracing::{debug, warn};
 
 use super::listener::Worker;
+use super::multiplex::{self, MuxConn, MuxOutput, StatementSpeed};
 use super::pending::Pending;
 use super::startup::Ready;
 use super::statements::Statement;
@@ -61,6 +64,7 @@ impl From<ProtocolError> for End {
 }
 
 enum Event {
+    MuxAnswer,
     ClientReadable,
     BackendReadable,
     ClientWritable,
@@ -70,7 +74,7 @@ enum Event {
 }
 
 pub struct Session {
-    worker: Arc<Worker>,
+    worker: Rc<Worker>,
     client: tokio::net::TcpStream,
     /// Bytes read from the client and not yet handled.
     cin: BytesMut,
@@ -110,10 +114,27 @@ pub struct Session {
     session_mode: bool,
     shard: String,
     primary: ServerAddr,
+    /// CopyDone and CopyFail messages the client sent so far.
+    copy_ends: u32,
+    /// Where answers to this session's multiplexed segments arrive.
+    mux_out: Rc<MuxOutput>,
+    /// A multiplexed segment of this session is in flight; the client's next frames wait for it.
+    mux_inflight: bool,
+    /// A segment being timed on an exclusive connection, to learn whether it may be multiplexed.
+    timing: Option<(Arc<StatementSpeed>, Instant)>,
+}
+
+/// What `try_multiplex` did with the frames at the front of the buffer.
+enum MuxTry {
+    /// Queued on a multiplexed connection: that many bytes were used.
+    Submitted(usize),
+    /// The segment has the right shape but has not been timed: run it exclusively and time it.
+    Time(Arc<StatementSpeed>),
+    No,
 }
 
 impl Session {
-    pub fn new(worker: Arc<Worker>, ready: Ready, cancel: Arc<CancelSlot>) -> Session {
+    pub fn new(worker: Rc<Worker>, ready: Ready, cancel: Arc<CancelSlot>) -> Session {
         let config = worker.shared.config.clone();
         Session {
             client: ready.stream,
@@ -141,6 +162,10 @@ impl Session {
             session_mode: config.proxy.pool_mode == PoolMode::Session,
             shard: config.shards[0].name.clone(),
             primary: config.default_primary(),
+            copy_ends: 0,
+            mux_out: Rc::new(MuxOutput::default()),
+            mux_inflight: false,
+            timing: None,
             worker,
         }
     }
@@ -154,6 +179,7 @@ impl Session {
         };
         while let Ok(Flow::Continue) = outcome {
             outcome = match self.next_event().await {
+                Event::MuxAnswer => self.on_mux_answer().await,
                 Event::ClientReadable => self.read_client().await,
                 Event::BackendReadable => self.read_backend().await,
                 Event::ClientWritable => self.flush_client(),
@@ -177,12 +203,14 @@ impl Session {
         let want_client = self
             .backend
             .as_ref()
-            .is_none_or(|b| b.wbuf.len() < HIGH_WATER);
+            .is_none_or(|b| b.wbuf.len() < HIGH_WATER)
+            && !(self.mux_inflight && self.cin.len() >= HIGH_WATER);
         let backend = self.backend.as_deref();
         let want_backend = backend.is_some() && self.cout.len() < HIGH_WATER;
         let backend_out = backend.is_some_and(|b| !b.wbuf.is_empty());
         tokio::select! {
             biased;
+            _ = self.mux_out.notify.notified(), if self.mux_inflight => Event::MuxAnswer,
             r = async { backend.expect("checked").stream.readable().await }, if want_backend => match r {
                 Ok(()) => Event::BackendReadable,
                 Err(e) => Event::BackendError(e.to_string()),
@@ -218,9 +246,22 @@ impl Session {
 
     /// Handles every whole frame in `cin`, then writes what is ready on both sides.
     async fn on_client_data(&mut self) -> Step {
+        if self.mux_inflight {
+            return Ok(Flow::Continue);
+        }
         let mut cin = std::mem::take(&mut self.cin);
         let mut off = 0;
         let result = loop {
+            if self.mux_ready() {
+                match self.try_multiplex(&cin[off..]).await {
+                    MuxTry::Submitted(len) => {
+                        off += len;
+                        break Ok(Flow::Continue);
+                    }
+                    MuxTry::Time(speed) => self.timing = Some((speed, Instant::now())),
+                    MuxTry::No => {}
+                }
+            }
             let header = match peek_header(&cin[off..], self.max_message) {
                 Ok(Some(h)) => h,
                 Ok(None) => break Ok(Flow::Continue),
@@ -289,7 +330,8 @@ impl Session {
                 if self.ensure_backend(false).await? {
                     self.in_segment = true;
                     self.conn().wbuf.extend_from_slice(frame);
-                    self.pending.push_back(Pending::Execute);
+                    let copy_ends = self.copy_ends;
+                    self.pending.push_back(Pending::Execute { copy_ends });
                 }
             }
             fe::FUNCTION_CALL => {
@@ -302,6 +344,9 @@ impl Session {
             _ => {
                 if let Some(b) = self.backend.as_mut() {
                     b.wbuf.extend_from_slice(frame);
+                    if tag != fe::COPY_DATA {
+                        self.copy_ends = self.copy_ends.wrapping_add(1);
+                    }
                 }
             }
         }
@@ -317,7 +362,8 @@ impl Session {
         match self.backend.as_mut() {
             Some(b) => {
                 b.wbuf.extend_from_slice(frame);
-                self.pending.push_back(Pending::Sync);
+                let copy_ends = self.copy_ends;
+                self.pending.push_back(Pending::Sync { copy_ends });
                 self.server_skipping = false;
             }
             None => {
@@ -518,7 +564,13 @@ impl Session {
             return Ok(true);
         }
         match self.checkout().await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // Time the statement from here: waiting for the pool says nothing of it.
+                if let Some((_, started)) = self.timing.as_mut() {
+                    *started = Instant::now();
+                }
+                Ok(true)
+            }
             Err(e) => {
                 warn!(error = %e, "no server connection for the client");
                 e.write_to(&mut self.cout);
@@ -534,6 +586,19 @@ impl Session {
     }
 
     async fn checkout(&mut self) -> Result<(), SessionError> {
+        let conn = self.checkout_conn().await?;
+        self.cancel.set(Some(CancelTarget {
+            addr: conn.addr,
+            pid: conn.pid,
+            secret: conn.secret,
+        }));
+        self.unnamed_on = None;
+        self.backend = Some(conn);
+        Ok(())
+    }
+
+    /// A pooled connection with this client's session settings applied.
+    async fn checkout_conn(&mut self) -> Result<Checkout, SessionError> {
         let mut conn = self.worker.pools.get(&self.shard, self.primary).await?;
         if !Arc::ptr_eq(&conn.settings, &self.settings) {
             if *conn.settings != *self.settings
@@ -557,14 +622,210 @@ impl Session {
             }
             conn.settings = self.settings.clone();
         }
-        self.cancel.set(Some(CancelTarget {
-            addr: conn.addr,
-            pid: conn.pid,
-            secret: conn.secret,
-        }));
-        self.unnamed_on = None;
-        self.backend = Some(conn);
-        Ok(())
+        Ok(conn)
+    }
+
+    // ------------------------------------------------------------ multiplexing (see `multiplex`)
+
+    /// Whether the next segment may go to a multiplexed connection: nothing else is going on.
+    fn mux_ready(&self) -> bool {
+        self.worker.mux_limit > 0
+            && self.backend.is_none()
+            && self.pending.is_empty()
+            && !self.session_mode
+            && !self.pinned
+            && !self.dirty
+            && !self.local_skip
+            && !self.server_skipping
+            && !self.failed_tx
+            && !self.in_segment
+            && !self.mux_inflight
+    }
+
+    /// Queues the segment at the front of `buf` on a multiplexed connection if it qualifies.
+    async fn try_multiplex(&mut self, buf: &[u8]) -> MuxTry {
+        let Some((len, named, speed)) = self.qualifying_segment(buf) else {
+            tracing::trace!(first = ?buf.first().map(|b| *b as char), "segment does not qualify for multiplexing");
+            return MuxTry::No;
+        };
+        tracing::trace!(
+            fast = speed.is_fast(),
+            untimed = speed.is_untimed(),
+            "qualifying segment"
+        );
+        if speed.is_untimed() {
+            return MuxTry::Time(speed);
+        }
+        if !speed.is_fast() {
+            return MuxTry::No;
+        }
+        let Some(mux) = self.pick_mux().await else {
+            return MuxTry::No;
+        };
+        let mut swallow = 0u8;
+        {
+            let mut out = mux.out.borrow_mut();
+            let mut off = 0;
+            while off < len {
+                let Ok(Some(h)) = peek_header(&buf[off..], usize::MAX) else {
+                    break;
+                };
+                let frame = &buf[off..off + h.frame_len];
+                match (h.tag, &named) {
+                    (fe::BIND, Some(stmt)) => {
+                        let mut prepared = mux.prepared.borrow_mut();
+                        if !prepared.contains(&stmt.id) {
+                            fe::write_parse(&mut out, &stmt.server_name, &stmt.parse_rest);
+                            prepared.insert(stmt.id);
+                            swallow += 1;
+                        }
+                        let (portal, _, rest) =
+                            fe::bind_statement(&frame[5..]).expect("checked by qualifying_segment");
+                        fe::write_bind(&mut out, portal, &stmt.server_name, rest);
+                    }
+                    _ => out.extend_from_slice(frame),
+                }
+                off += h.frame_len;
+            }
+        }
+        mux.submit(self.mux_out.clone(), swallow, Some(speed));
+        self.mux_inflight = true;
+        MuxTry::Submitted(len)
+    }
+
+    /// `(length, named statement, speed record)` of a multiplexable segment at the front of `buf`:
+    /// `Query`, or `[Parse ""] Bind [Describe portal ""] Execute("", 0) Sync`, all of it buffered.
+    fn qualifying_segment(
+        &self,
+        buf: &[u8],
+    ) -> Option<(usize, Option<Arc<Statement>>, Arc<StatementSpeed>)> {
+        let mut off = 0;
+        let next = |off: &mut usize| -> Option<(u8, &[u8])> {
+            let h = peek_header(&buf[*off..], self.max_message).ok()??;
+            let frame = buf.get(*off..*off + h.frame_len)?;
+            *off += h.frame_len;
+            Some((h.tag, &frame[5..]))
+        };
+        let (tag, body) = next(&mut off)?;
+        if tag == fe::QUERY {
+            let text = fe::query_text(body);
+            return multiplex::text_qualifies(text).then(|| (off, None, self.text_speed(text)));
+        }
+        let (mut tag, mut body) = (tag, body);
+        let mut unnamed_text = None;
+        if tag == fe::PARSE {
+            let (name, rest) = fe::parse_name(body).ok()?;
+            let text = fe::query_text(rest);
+            if !name.is_empty() || !multiplex::text_qualifies(text) {
+                return None;
+            }
+            unnamed_text = Some(text);
+            (tag, body) = next(&mut off)?;
+        }
+        if tag != fe::BIND {
+            return None;
+        }
+        let (portal, stmt_name, _) = fe::bind_statement(body).ok()?;
+        if !portal.is_empty() {
+            return None;
+        }
+        let (named, speed) = match unnamed_text {
+            Some(text) if stmt_name.is_empty() => (None, self.text_speed(text)),
+            Some(_) => return None,
+            None => {
+                let stmt = self.statements.get(stmt_name)?;
+                if !stmt.multiplexable {
+                    return None;
+                }
+                (Some(stmt.clone()), stmt.speed.clone())
+            }
+        };
+        (tag, body) = next(&mut off)?;
+        if tag == fe::DESCRIBE {
+            if fe::target(body).ok()? != (b'P', &b""[..]) {
+                return None;
+            }
+            (tag, body) = next(&mut off)?;
+        }
+        // Execute of the unnamed portal, all rows.
+        if tag != fe::EXECUTE || body != b"\0\0\0\0\0" {
+            return None;
+        }
+        let (tag, _) = next(&mut off)?;
+        (tag == fe::SYNC).then_some((off, named, speed))
+    }
+
+    /// The speed record of a SQL text, shared by texts that differ only in numbers and string
+    /// literals (`... WHERE aid = 1` and `... WHERE aid = 2`).
+    fn text_speed(&self, text: &[u8]) -> Arc<StatementSpeed> {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut h = DefaultHasher::new();
+        let mut in_string = false;
+        for &b in text {
+            if b == b'\'' {
+                in_string = !in_string;
+                continue;
+            }
+            if !in_string && !b.is_ascii_digit() {
+                h.write_u8(b);
+            }
+        }
+        let key = h.finish();
+        let mut speeds = self.worker.text_speeds.borrow_mut();
+        if speeds.len() > 10_000 {
+            speeds.clear();
+        }
+        speeds.entry(key).or_default().clone()
+    }
+
+    /// A multiplexed connection for this session's settings: an idle one, a new one while under the
+    /// limit, else the least busy.
+    async fn pick_mux(&mut self) -> Option<Rc<MuxConn>> {
+        let (best, count) = {
+            let mut list = self.worker.mux.borrow_mut();
+            list.retain(|m| !m.is_broken());
+            let best = list
+                .iter()
+                .filter(|m| m.accepts(&self.settings))
+                .min_by_key(|m| m.in_flight())
+                .cloned();
+            (best, list.len())
+        };
+        if let Some(m) = &best
+            && (m.in_flight() == 0 || count >= self.worker.mux_limit)
+        {
+            return best;
+        }
+        if count >= self.worker.mux_limit {
+            return None;
+        }
+        match self.checkout_conn().await {
+            Ok(conn) => {
+                let mux = multiplex::start(conn);
+                self.worker.mux.borrow_mut().push(mux.clone());
+                Some(mux)
+            }
+            Err(e) => {
+                debug!(error = %e, "no connection to multiplex on");
+                best
+            }
+        }
+    }
+
+    async fn on_mux_answer(&mut self) -> Step {
+        {
+            let mut buf = self.mux_out.buf.borrow_mut();
+            self.cout.extend_from_slice(&buf);
+            buf.clear();
+        }
+        if self.mux_out.done.get() && self.mux_inflight {
+            self.mux_inflight = false;
+            self.flush_client()?;
+            if !self.cin.is_empty() {
+                return self.on_client_data().await;
+            }
+        }
+        self.flush_client()
     }
 
     /// Gives the server connection back (or closes it when it cannot be trusted).
@@ -728,7 +989,14 @@ impl Session {
             be::READY_FOR_QUERY => {
                 conn.tx_status = body.first().copied().unwrap_or(be::TX_IDLE);
                 match self.pending.pop_front() {
-                    Some(p) if p.ends_with_ready() => Ok(true),
+                    Some(p) if p.ends_with_ready() => {
+                        if self.pending.is_empty()
+                            && let Some((speed, started)) = self.timing.take()
+                        {
+                            speed.record(started.elapsed());
+                        }
+                        Ok(true)
+                    }
                     other => Err(format!(
                         "ReadyForQuery arrived while {other:?} was expected"
                     )),
@@ -760,13 +1028,23 @@ impl Session {
                         self.statements.clear();
                     }
                 }
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
                     self.pending.pop_front();
                 }
                 Ok(true)
             }
+            be::COPY_IN_RESPONSE => {
+                // COPY FROM STDIN started by an Execute: the server ignores the Syncs the client
+                // sent before ending the data stream, so no ReadyForQuery will answer them.
+                if let Some(&Pending::Execute { copy_ends }) = self.pending.front() {
+                    self.pending.retain(
+                        |p| !matches!(p, Pending::Sync { copy_ends: c } if *c == copy_ends),
+                    );
+                }
+                Ok(true)
+            }
             be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
                     self.pending.pop_front();
                 }
                 Ok(true)
@@ -805,7 +1083,7 @@ impl Session {
     /// An error in the extended protocol: the server skips to the next Sync, so do its entries.
     fn fail_segment(&mut self) {
         while let Some(front) = self.pending.front() {
-            if matches!(front, Pending::Sync) {
+            if matches!(front, Pending::Sync { .. }) {
                 return;
             }
             if let Some(Pending::Parse {

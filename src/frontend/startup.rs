@@ -4,6 +4,7 @@
 //! and ReadyForQuery. After that the socket belongs to `session`.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct Ready {
 }
 
 /// Serves one client connection from its first byte to its last.
-pub async fn serve(worker: Arc<Worker>, stream: TcpStream) {
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())

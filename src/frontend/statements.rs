@@ -21,6 +21,10 @@ pub struct Statement {
     pub parse_rest: Bytes,
     /// Whether running it may change session state (see `session_state::text_may_change_session`).
     pub changes_session: bool,
+    /// Whether its text has the shape a multiplexed segment needs (see `multiplex`).
+    pub multiplexable: bool,
+    /// How fast it has been.
+    pub speed: Arc<super::multiplex::StatementSpeed>,
 }
 
 /// The proxy-wide table of statements. Locked only when a client parses a named statement.
@@ -42,12 +46,13 @@ impl StatementRegistry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let rest = Bytes::copy_from_slice(parse_rest);
+        let text = crate::protocol::frontend::query_text(&rest);
         let stmt = Arc::new(Statement {
             id,
             server_name: Bytes::from(format!("_sg_{id}")),
-            changes_session: crate::session_state::text_may_change_session(
-                crate::protocol::frontend::query_text(&rest),
-            ),
+            changes_session: crate::session_state::text_may_change_session(text),
+            multiplexable: super::multiplex::text_qualifies(text),
+            speed: Arc::default(),
             parse_rest: rest.clone(),
         });
         map.insert(rest, Arc::downgrade(&stmt));

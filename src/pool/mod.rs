@@ -47,6 +47,7 @@ pub type Checkout = managed::Object<BackendManager>;
 pub struct Pools {
     pools: HashMap<ServerAddr, Pool>,
     wait_timeout: Duration,
+    per_worker: usize,
 }
 
 impl Pools {
@@ -76,7 +77,13 @@ impl Pools {
         Pools {
             pools,
             wait_timeout: config.proxy.pool_wait_timeout,
+            per_worker,
         }
+    }
+
+    /// Connections each pool of this worker may hold.
+    pub fn per_worker(&self) -> usize {
+        self.per_worker
     }
 
     /// Checks out a connection to `addr` of shard `shard`, waiting up to `proxy.pool_wait_timeout`.

@@ -7,7 +7,9 @@
 mod bad_input;
 mod harness;
 mod pooling;
+mod rawclient;
 mod smoke;
+mod wire;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use harness::{Ctx, Test};
 const MODULES: &[&[Test]] = &[
     harness::TESTS,
     smoke::TESTS,
+    wire::TESTS,
     pooling::TESTS,
     bad_input::TESTS,
 ];

@@ -79,16 +79,16 @@ impl RawClient {
         client.send(&buf).await?;
         client.authenticate(user, password).await?;
         loop {
-            let (tag, body) = client.read_message().await.context("reading the startup messages")?;
+            let (tag, body) = client
+                .read_message()
+                .await
+                .context("reading the startup messages")?;
             client.startup_messages.push((tag, body.clone()));
             match tag {
-                b'S' => {
-                    let mut parts = cstrings(&body).into_iter();
-                    let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
-                        bail!("malformed ParameterStatus {body:?}");
-                    };
-                    client.parameters.push((name, value));
-                }
+                b'S' => client.parameters.push(
+                    parameter_status(&body)
+                        .with_context(|| format!("malformed ParameterStatus {body:?}"))?,
+                ),
                 b'K' => client.backend_key = Some(body),
                 b'N' => {}
                 b'E' => bail!("startup failed: {}", describe_error(&body)),
@@ -102,11 +102,17 @@ impl RawClient {
     async fn authenticate(&mut self, user: &str, password: &str) -> anyhow::Result<()> {
         let mut scram: Option<ScramSha256> = None;
         loop {
-            let (tag, body) = self.read_message().await.context("reading the authentication request")?;
+            let (tag, body) = self
+                .read_message()
+                .await
+                .context("reading the authentication request")?;
             match tag {
                 b'R' => {}
                 b'E' => bail!("authentication failed: {}", describe_error(&body)),
-                other => bail!("expected an authentication request, got {:?} {body:?}", other as char),
+                other => bail!(
+                    "expected an authentication request, got {:?} {body:?}",
+                    other as char
+                ),
             }
             ensure!(body.len() >= 4, "short authentication request {body:?}");
             let code = i32::from_be_bytes(body[..4].try_into()?);
@@ -148,7 +154,10 @@ impl RawClient {
 
     /// Writes `bytes` to the socket as they are, in one write.
     pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.stream.write_all(bytes).await.context("writing to the server")?;
+        self.stream
+            .write_all(bytes)
+            .await
+            .context("writing to the server")?;
         self.stream.flush().await.context("flushing to the server")
     }
 
@@ -157,7 +166,11 @@ impl RawClient {
         loop {
             if self.read_buf.len() >= 5 {
                 let len = u32::from_be_bytes(self.read_buf[1..5].try_into()?) as usize;
-                ensure!(len >= 4, "frame length {len} below 4 (tag {:?})", self.read_buf[0] as char);
+                ensure!(
+                    len >= 4,
+                    "frame length {len} below 4 (tag {:?})",
+                    self.read_buf[0] as char
+                );
                 if self.read_buf.len() > len {
                     return Ok(self.read_buf.split_to(1 + len).freeze());
                 }
@@ -173,7 +186,11 @@ impl RawClient {
                 })?
                 .context("reading from the server")?;
             if n == 0 {
-                bail!("the server closed the connection ({} bytes buffered: {:?})", self.read_buf.len(), self.read_buf);
+                bail!(
+                    "the server closed the connection ({} bytes buffered: {:?})",
+                    self.read_buf.len(),
+                    self.read_buf
+                );
             }
         }
     }
@@ -223,11 +240,6 @@ impl RawClient {
     pub async fn simple_query(&mut self, sql: &str) -> anyhow::Result<Vec<Message>> {
         self.send(&Frames::new().query(sql).finish()).await?;
         self.read_until_ready().await
-    }
-
-    /// The socket, for tests that poke at it directly.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
     }
 }
 
@@ -318,6 +330,19 @@ impl Frames {
         self
     }
 
+    /// One CopyData message carrying `data`.
+    pub fn copy_data(mut self, data: &[u8]) -> Frames {
+        frontend::CopyData::new(data)
+            .expect("CopyData fits")
+            .write(&mut self.0);
+        self
+    }
+
+    pub fn copy_done(mut self) -> Frames {
+        frontend::copy_done(&mut self.0);
+        self
+    }
+
     /// A simple-protocol Query.
     pub fn query(mut self, sql: &str) -> Frames {
         frontend::query(sql, &mut self.0).expect("Query fits");
@@ -351,7 +376,10 @@ pub fn tags(msgs: &[Message]) -> String {
 
 /// The messages of `msgs` with `tag`.
 pub fn with_tag(msgs: &[Message], tag: u8) -> Vec<Bytes> {
-    msgs.iter().filter(|(t, _)| *t == tag).map(|(_, b)| b.clone()).collect()
+    msgs.iter()
+        .filter(|(t, _)| *t == tag)
+        .map(|(_, b)| b.clone())
+        .collect()
 }
 
 /// A short readable rendering of messages, for failure output.
@@ -415,6 +443,20 @@ pub fn cstrings(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The name and value of a ParameterStatus body (the value may be empty).
+pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let body = body.strip_suffix(b"\0")?;
+    let (name, value) = body.split_at(body.iter().position(|b| *b == 0)?);
+    let value = &value[1..];
+    if value.contains(&0) {
+        return None;
+    }
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
 /// The fields of an ErrorResponse or NoticeResponse body: (field type, value).
 pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
     body.split(|b| *b == 0)
@@ -425,7 +467,10 @@ pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
 
 /// One field of an ErrorResponse or NoticeResponse (`b'C'` SQLSTATE, `b'M'` message).
 pub fn error_field(body: &[u8], field: u8) -> Option<String> {
-    error_fields(body).into_iter().find(|(f, _)| *f == field).map(|(_, v)| v)
+    error_fields(body)
+        .into_iter()
+        .find(|(f, _)| *f == field)
+        .map(|(_, v)| v)
 }
 
 /// `SQLSTATE: message` of an ErrorResponse body.
@@ -457,7 +502,11 @@ pub fn data_row(body: &[u8]) -> anyhow::Result<Vec<Option<Bytes>>> {
         cols.push(Some(body.slice(at..at + len)));
         at += len;
     }
-    ensure!(at == body.len(), "DataRow has {} trailing bytes", body.len() - at);
+    ensure!(
+        at == body.len(),
+        "DataRow has {} trailing bytes",
+        body.len() - at
+    );
     Ok(cols)
 }
 

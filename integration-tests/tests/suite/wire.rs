@@ -1,0 +1,1281 @@
+//! The proxy is transparent on the wire: for the same requests, a client gets the same bytes through
+//! shardgate as straight from the primary (extended and simple protocol, text and binary results,
+//! pipelines with errors, named statements and portals, notices, startup parameters, COPY, large
+//! values), and real clients (tokio-postgres, psql) see the same results.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, ensure};
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt, pin_mut};
+use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER, Instance};
+
+use crate::harness::{Ctx, ProxyUnderTest, block_on, proxy_setting, tests};
+use crate::rawclient::{
+    self, Frames, GSSENC_REQUEST_CODE, Message, RawClient, SSL_REQUEST_CODE, command_tag, data_row,
+    ensure_same, ensure_same_bytes, error_field, tags, text_row, with_tag,
+};
+
+tests![
+    result_bytes_identical_text_and_binary,
+    simple_protocol_bytes_identical,
+    pipeline_with_error_mid_way,
+    named_statements_and_portals,
+    unnamed_statement_across_sync,
+    notice_and_parameter_status,
+    startup_parameters_match_direct,
+    ssl_request_is_refused_cleanly,
+    copy_round_trip_5000_rows,
+    sync_during_copy_in_is_ignored,
+    psql_multi_statement_and_errors,
+    tokio_postgres_prepared_binary,
+    large_row_passes_through,
+];
+
+/// Startup settings both connections of a comparison use, so session-dependent text (timestamptz,
+/// dates, intervals) comes out the same.
+const SESSION: &[(&str, &str)] = &[
+    ("application_name", "wiretest"),
+    ("TimeZone", "Europe/Paris"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "iso_8601"),
+];
+
+/// A raw client straight to the shared primary.
+async fn direct_raw(ctx: &Ctx, extra: &[(&str, &str)]) -> anyhow::Result<RawClient> {
+    RawClient::connect(
+        ctx.primary()?.addr(),
+        APP_USER,
+        APP_PASSWORD,
+        APP_DATABASE,
+        extra,
+    )
+    .await
+    .context("raw client to the primary")
+}
+
+/// A raw client through `proxy`.
+async fn proxied_raw(proxy: &ProxyUnderTest, extra: &[(&str, &str)]) -> anyhow::Result<RawClient> {
+    RawClient::connect(proxy.addr(), APP_USER, APP_PASSWORD, APP_DATABASE, extra)
+        .await
+        .context("raw client through the proxy")
+}
+
+/// Sends `frames` on both clients and reads each up to its `ready`th ReadyForQuery.
+async fn exchange(
+    direct: &mut RawClient,
+    proxied: &mut RawClient,
+    frames: &[u8],
+    ready: usize,
+) -> anyhow::Result<(Vec<Message>, Vec<Message>)> {
+    direct.send(frames).await?;
+    let d = direct.read_until_ready_n(ready).await.context("direct")?;
+    proxied.send(frames).await?;
+    let p = proxied
+        .read_until_ready_n(ready)
+        .await
+        .context("through the proxy")?;
+    Ok((d, p))
+}
+
+/// `postgres://app:secret@<primary>/app`, for psql straight to the primary.
+fn direct_url(ctx: &Ctx) -> anyhow::Result<String> {
+    Ok(format!(
+        "postgres://{APP_USER}:{APP_PASSWORD}@{}/{APP_DATABASE}",
+        ctx.primary()?.addr()
+    ))
+}
+
+/// Drops the listed tables when dropped, also when the test panics.
+struct DropTables<'a> {
+    primary: &'a Instance,
+    tables: Vec<String>,
+}
+
+impl Drop for DropTables<'_> {
+    fn drop(&mut self) {
+        let sql = format!("DROP TABLE IF EXISTS {}", self.tables.join(", "));
+        // A lock left behind (a proxy bug, say) fails the cleanup instead of hanging the suite.
+        if let Err(e) = self
+            .primary
+            .psql(APP_DATABASE, &["SET lock_timeout = '5s'", &sql])
+        {
+            eprintln!("wire: cleanup failed: {e}");
+        }
+    }
+}
+
+/// Removes the listed files when dropped.
+struct RemoveFiles(Vec<PathBuf>);
+
+impl Drop for RemoveFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// One row over many types; `$1` is an int8 parameter.
+const MANY_TYPES_SQL: &str = r#"SELECT $1::int8 AS param, 32767::int2 AS i2, (-2147483648)::int4 AS i4,
+ 9223372036854775807::int8 AS i8, 'NaN'::numeric AS n_nan,
+ '-123456789012345678901234567890.0123456789'::numeric AS n_big, 0.50::numeric AS n_half,
+ 1234.5678::float8 AS f8, '-Infinity'::float8 AS f8_inf,
+ 'héllo wörld ✓ 日本語'::text AS t, '\x00ff10'::bytea AS b, true AS yes, false AS no,
+ '{"a": [1, 2.5, null], "b": "é"}'::json AS j, '{"b": 1, "a": [true, null]}'::jsonb AS jb,
+ 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u,
+ '2024-02-29 13:45:56.123456+02'::timestamptz AS ts, '2024-02-29'::date AS d,
+ '1 year 2 mons 3 days 04:05:06.789'::interval AS iv,
+ ARRAY[1, NULL, 3]::int4[] AS ai, ARRAY['x', NULL, 'with space', 'quo"te']::text[] AS at,
+ NULL::int4 AS null_i4, NULL::text AS null_t"#;
+
+/// The text of [`MANY_TYPES_SQL`]'s row under [`SESSION`] with `$1` = 42.
+const MANY_TYPES_TEXT: &[Option<&str>] = &[
+    Some("42"),
+    Some("32767"),
+    Some("-2147483648"),
+    Some("9223372036854775807"),
+    Some("NaN"),
+    Some("-123456789012345678901234567890.0123456789"),
+    Some("0.50"),
+    Some("1234.5678"),
+    Some("-Infinity"),
+    Some("héllo wörld ✓ 日本語"),
+    Some("\\x00ff10"),
+    Some("t"),
+    Some("f"),
+    Some(r#"{"a": [1, 2.5, null], "b": "é"}"#),
+    Some(r#"{"a": [true, null], "b": 1}"#),
+    Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+    Some("2024-02-29 12:45:56.123456+01"),
+    Some("2024-02-29"),
+    Some("P1Y2M3DT4H5M6.789S"),
+    Some("{1,NULL,3}"),
+    Some(r#"{x,NULL,"with space","quo\"te"}"#),
+    None,
+    None,
+];
+
+/// Extended protocol over many types, text and binary results, a binary parameter: the proxy's
+/// response bytes equal the primary's.
+fn result_bytes_identical_text_and_binary(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+        let param = 42i64.to_be_bytes();
+        for (format, name) in [(0i16, "text"), (1, "binary")] {
+            let frames = Frames::new()
+                .parse("", MANY_TYPES_SQL, &[20])
+                .bind("", "", &[1], &[Some(&param[..])], &[format])
+                .describe(b'P', "")
+                .execute("", 0)
+                .sync()
+                .finish();
+            direct.send(&frames).await?;
+            let d = direct.raw_bytes_until_ready().await.context("direct")?;
+            proxied.send(&frames).await?;
+            let p = proxied
+                .raw_bytes_until_ready()
+                .await
+                .context("through the proxy")?;
+            ensure_same_bytes(&format!("{name} results"), &d, &p)?;
+
+            let msgs = rawclient::split_frames(&p);
+            assert_eq!(tags(&msgs), "12TDCZ", "{name}: {}", rawclient::show(&msgs));
+            let row = &with_tag(&msgs, b'D')[0];
+            assert_eq!(command_tag(&with_tag(&msgs, b'C')[0]), "SELECT 1");
+            if format == 0 {
+                let got = text_row(row)?;
+                let want: Vec<Option<String>> = MANY_TYPES_TEXT
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect();
+                assert_eq!(got, want, "text row");
+            } else {
+                let cols = data_row(row)?;
+                assert_eq!(cols.len(), MANY_TYPES_TEXT.len());
+                assert_eq!(cols[0].as_deref(), Some(&42i64.to_be_bytes()[..]), "param");
+                assert_eq!(
+                    cols[1].as_deref(),
+                    Some(&32767i16.to_be_bytes()[..]),
+                    "int2"
+                );
+                assert_eq!(
+                    cols[2].as_deref(),
+                    Some(&i32::MIN.to_be_bytes()[..]),
+                    "int4"
+                );
+                assert_eq!(
+                    cols[3].as_deref(),
+                    Some(&i64::MAX.to_be_bytes()[..]),
+                    "int8"
+                );
+                assert_eq!(
+                    cols[7].as_deref(),
+                    Some(&1234.5678f64.to_be_bytes()[..]),
+                    "float8"
+                );
+                assert_eq!(
+                    cols[9].as_deref(),
+                    Some("héllo wörld ✓ 日本語".as_bytes()),
+                    "text"
+                );
+                assert_eq!(cols[10].as_deref(), Some(&[0x00, 0xff, 0x10][..]), "bytea");
+                assert_eq!(cols[11].as_deref(), Some(&[1u8][..]), "true");
+                assert_eq!(cols[12].as_deref(), Some(&[0u8][..]), "false");
+                assert_eq!(cols[21], None);
+                assert_eq!(cols[22], None);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A multi-statement simple Query (rows, an INSERT, an error last): same bytes through the proxy,
+/// and like on the server it is one implicit transaction, so the INSERT is rolled back.
+fn simple_protocol_bytes_identical(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let table = ctx.unique("wire_simple");
+        let _cleanup = DropTables {
+            primary: ctx.primary()?,
+            tables: vec![table.clone()],
+        };
+        let admin = ctx.direct_client().await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id int PRIMARY KEY, v text)"
+            ))
+            .await?;
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+        let sql = format!(
+            "SELECT 1::int4 AS a, 'é'::text AS b, NULL::int8 AS c, 2.50::numeric AS d, now() IS NOT NULL AS e; \
+             INSERT INTO {table} VALUES (1, 'one'), (2, 'two'); SELECT 1/0"
+        );
+        let frames = Frames::new().query(&sql).finish();
+        direct.send(&frames).await?;
+        let d = direct.raw_bytes_until_ready().await.context("direct")?;
+        proxied.send(&frames).await?;
+        let p = proxied
+            .raw_bytes_until_ready()
+            .await
+            .context("through the proxy")?;
+        ensure_same_bytes("multi-statement Query", &d, &p)?;
+
+        let msgs = rawclient::split_frames(&p);
+        assert_eq!(tags(&msgs), "TDCCEZ", "{}", rawclient::show(&msgs));
+        assert_eq!(
+            text_row(&with_tag(&msgs, b'D')[0])?,
+            vec![
+                Some("1".to_string()),
+                Some("é".to_string()),
+                None,
+                Some("2.50".to_string()),
+                Some("t".to_string())
+            ]
+        );
+        let tags_cc: Vec<String> = with_tag(&msgs, b'C')
+            .iter()
+            .map(|b| command_tag(b))
+            .collect();
+        assert_eq!(tags_cc, ["SELECT 1", "INSERT 0 2"]);
+        let err = &with_tag(&msgs, b'E')[0];
+        assert_eq!(error_field(err, b'C').as_deref(), Some("22012"));
+        assert_eq!(error_field(err, b'M').as_deref(), Some("division by zero"));
+        assert_eq!(with_tag(&msgs, b'Z')[0].as_ref(), b"I");
+        let rows: i64 = admin
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(
+            rows, 0,
+            "the error rolled back the implicit transaction, INSERT included"
+        );
+        Ok(())
+    })
+}
+
+/// Four pipelined segments in one write: ok, error (the rest of that segment skipped), a Bind of the
+/// first segment's named statement, and a Flush-terminated one answered before its Sync is sent.
+fn pipeline_with_error_mid_way(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let frames = Frames::new()
+            .parse("pipe_a", "SELECT $1::int4 + 1 AS next", &[0])
+            .bind("", "pipe_a", &[], &[Some(b"1")], &[])
+            .execute("", 0)
+            .sync()
+            .parse("", "SELECT 1/0 AS boom", &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .parse("", "SELECT 'skipped'::text", &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .sync()
+            .bind("", "pipe_a", &[], &[Some(b"3")], &[])
+            .execute("", 0)
+            .sync()
+            .parse("", "SELECT 'flushed'::text AS f", &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .flush()
+            .finish();
+        let mut runs = Vec::new();
+        for mut client in [
+            direct_raw(ctx, SESSION).await?,
+            proxied_raw(&proxy, SESSION).await?,
+        ] {
+            client.send(&frames).await?;
+            let mut msgs = client.read_until_ready_n(3).await?;
+            // The Flush makes the last segment's results come without a Sync.
+            loop {
+                let msg = client.read_message().await.with_context(|| {
+                    format!(
+                        "waiting for the flushed results after{}",
+                        rawclient::show(&msgs)
+                    )
+                })?;
+                let done = msg.0 == b'C' || msg.0 == b'E';
+                msgs.push(msg);
+                if done {
+                    break;
+                }
+            }
+            client.send(&Frames::new().sync().finish()).await?;
+            msgs.extend(client.read_until_ready().await?);
+            runs.push(msgs);
+        }
+        let (d, p) = (&runs[0], &runs[1]);
+        ensure_same("pipeline", d, p)?;
+        assert_eq!(tags(p), "12DCZ1EZ2DCZ12DCZ", "{}", rawclient::show(p));
+        let rows: Vec<Vec<Option<String>>> = with_tag(p, b'D')
+            .iter()
+            .map(|b| text_row(b))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("2".to_string())],
+                vec![Some("4".to_string())],
+                vec![Some("flushed".to_string())]
+            ],
+            "the segment after the error still runs"
+        );
+        let err = &with_tag(p, b'E')[0];
+        assert_eq!(error_field(err, b'C').as_deref(), Some("22012"));
+        let statuses: Vec<Bytes> = with_tag(p, b'Z');
+        assert_eq!(statuses, [&b"I"[..]; 4]);
+        Ok(())
+    })
+}
+
+/// A named statement and a named portal inside a transaction: Describe, partial Execute
+/// (PortalSuspended), the rest, Close; a Bind to the closed statement fails with 26000. Two clients
+/// may use the same statement name for different queries.
+fn named_statements_and_portals(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        // One server connection: the two clients at the end share it.
+        let map = proxy_setting(&ctx.default_map()?, "pool_size", "1");
+        let proxy = ctx.start_proxy(&map)?;
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+        let sql = "SELECT g, $1::text AS label FROM generate_series(1, 5) g";
+        let steps: Vec<(&str, Bytes, &str)> = vec![
+            ("BEGIN", Frames::new().query("BEGIN").finish(), "CZ"),
+            (
+                "Parse, Describe, Bind, Execute 2",
+                Frames::new()
+                    .parse("st4", sql, &[0])
+                    .describe(b'S', "st4")
+                    .bind("p4", "st4", &[], &[Some(b"v")], &[])
+                    .execute("p4", 2)
+                    .sync()
+                    .finish(),
+                "1tT2DDsZ",
+            ),
+            (
+                "Execute the rest",
+                Frames::new().execute("p4", 0).sync().finish(),
+                "DDDCZ",
+            ),
+            (
+                "Close portal and statement",
+                Frames::new()
+                    .close(b'P', "p4")
+                    .close(b'S', "st4")
+                    .sync()
+                    .finish(),
+                "33Z",
+            ),
+            (
+                "Bind the closed statement",
+                Frames::new()
+                    .bind("", "st4", &[], &[Some(b"v")], &[])
+                    .execute("", 0)
+                    .sync()
+                    .finish(),
+                "EZ",
+            ),
+            ("COMMIT", Frames::new().query("COMMIT").finish(), "CZ"),
+        ];
+        let mut all = Vec::new();
+        for (what, frames, want) in &steps {
+            let (d, p) = exchange(&mut direct, &mut proxied, frames, 1).await?;
+            ensure_same(what, &d, &p)?;
+            assert_eq!(tags(&p), *want, "{what}: {}", rawclient::show(&p));
+            all.push(p);
+        }
+        // ParameterDescription: one text parameter.
+        assert_eq!(with_tag(&all[1], b't')[0].as_ref(), &[0, 1, 0, 0, 0, 25]);
+        let rows: Vec<Vec<Option<String>>> = all[1..=2]
+            .iter()
+            .flat_map(|m| with_tag(m, b'D'))
+            .map(|b| text_row(&b))
+            .collect::<Result<_, _>>()?;
+        let want: Vec<Vec<Option<String>>> = (1..=5)
+            .map(|g| vec![Some(g.to_string()), Some("v".to_string())])
+            .collect();
+        assert_eq!(rows, want);
+        assert_eq!(command_tag(&with_tag(&all[2], b'C')[0]), "SELECT 3");
+        let err = &with_tag(&all[4], b'E')[0];
+        assert_eq!(error_field(err, b'C').as_deref(), Some("26000"));
+        assert_eq!(
+            error_field(err, b'M').as_deref(),
+            Some("prepared statement \"st4\" does not exist")
+        );
+        assert_eq!(
+            with_tag(&all[4], b'Z')[0].as_ref(),
+            b"E",
+            "in a failed transaction"
+        );
+        assert_eq!(command_tag(&with_tag(&all[5], b'C')[0]), "ROLLBACK");
+
+        // Same name, different queries, two clients on the one server connection.
+        let mut a = proxied_raw(&proxy, &[]).await?;
+        let mut b = proxied_raw(&proxy, &[]).await?;
+        for (client, text) in [(&mut a, "from a"), (&mut b, "from b")] {
+            let frames = Frames::new()
+                .parse("dup", &format!("SELECT '{text}'::text"), &[])
+                .sync()
+                .finish();
+            client.send(&frames).await?;
+            let got = client.read_until_ready().await?;
+            assert_eq!(tags(&got), "1Z", "{}", rawclient::show(&got));
+        }
+        for (which, text) in [(0, "from a"), (1, "from b"), (0, "from a")] {
+            let client = if which == 0 { &mut a } else { &mut b };
+            let frames = Frames::new()
+                .bind("", "dup", &[], &[], &[])
+                .execute("", 0)
+                .sync()
+                .finish();
+            client.send(&frames).await?;
+            let got = client.read_until_ready().await?;
+            assert_eq!(tags(&got), "2DCZ", "{}", rawclient::show(&got));
+            assert_eq!(
+                text_row(&with_tag(&got, b'D')[0])?,
+                vec![Some(text.to_string())]
+            );
+        }
+        // Parsing an existing name again fails as on the server. The proxy answers this one itself
+        // (server-side names are shared), so only the fields a client acts on are compared, not the
+        // server's source location (F, L, R).
+        let frames = Frames::new().parse("dup", "SELECT 1", &[]).sync().finish();
+        let mut direct2 = direct_raw(ctx, &[]).await?;
+        direct2
+            .send(&Frames::new().parse("dup", "SELECT 2", &[]).sync().finish())
+            .await?;
+        direct2.read_until_ready().await?;
+        let (d, p) = exchange(&mut direct2, &mut a, &frames, 1).await?;
+        assert_eq!(tags(&p), tags(&d), "{}", rawclient::show(&p));
+        assert_eq!(tags(&p), "EZ");
+        let client_fields = |m: &[Message]| {
+            rawclient::error_fields(&with_tag(m, b'E')[0])
+                .into_iter()
+                .filter(|(f, _)| !matches!(f, b'F' | b'L' | b'R'))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(client_fields(&p), client_fields(&d), "42P05 error fields");
+        assert_eq!(
+            error_field(&with_tag(&p, b'E')[0], b'C').as_deref(),
+            Some("42P05")
+        );
+        assert_eq!(with_tag(&p, b'Z'), with_tag(&d, b'Z'));
+        Ok(())
+    })
+}
+
+/// The unnamed statement outlives a Sync: Parse + Sync, then (on another server connection, as the
+/// first is held by someone else's transaction) Bind + Execute + Sync still runs it.
+fn unnamed_statement_across_sync(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let map = proxy_setting(&ctx.default_map()?, "pool_size", "2");
+        let map = proxy_setting(&map, "workers", "1");
+        let proxy = ctx.start_proxy(&map)?;
+        let admin = ctx.direct_client().await?;
+        let marker = ctx.unique("wire_unnamed_marker");
+        let sql = format!(
+            "SELECT $1::int4 * 2 AS doubled, pg_backend_pid() AS pid, '{marker}'::text AS marker"
+        );
+
+        let mut a = proxied_raw(&proxy, &[]).await?;
+        a.send(&Frames::new().parse("", &sql, &[0]).sync().finish())
+            .await?;
+        let parsed = a.read_until_ready().await?;
+        assert_eq!(tags(&parsed), "1Z", "{}", rawclient::show(&parsed));
+        // Which server process parsed it (if the proxy parsed it at all before the Bind).
+        let parsed_on: Option<i32> = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE position($1 in query) > 0 AND pid <> pg_backend_pid()",
+                &[&marker],
+            )
+            .await?
+            .map(|r| r.get(0));
+
+        // Two other clients take both server connections, then the one not holding the
+        // connection that parsed the statement lets go.
+        let b = proxy.client().await?;
+        let c = proxy.client().await?;
+        b.batch_execute("BEGIN").await?;
+        let pid_b: i32 = b.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        c.batch_execute("BEGIN").await?;
+        let pid_c: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        assert_ne!(pid_b, pid_c, "two transactions, two server connections");
+        let (holder, held_pid, other) = if parsed_on == Some(pid_c) {
+            (c, pid_c, b)
+        } else {
+            (b, pid_b, c)
+        };
+        other.batch_execute("COMMIT").await?;
+
+        let frames = Frames::new()
+            .bind("", "", &[], &[Some(b"21")], &[])
+            .execute("", 0)
+            .sync()
+            .finish();
+        a.send(&frames).await?;
+        let got = a.read_until_ready().await?;
+        assert_eq!(
+            tags(&got),
+            "2DCZ",
+            "Bind of the unnamed statement after Sync: {}",
+            rawclient::show(&got)
+        );
+        let row = text_row(&with_tag(&got, b'D')[0])?;
+        assert_eq!(row[0].as_deref(), Some("42"));
+        assert_eq!(row[2].as_deref(), Some(marker.as_str()));
+        let ran_on: i32 = row[1].as_deref().context("pid")?.parse()?;
+        assert_ne!(ran_on, held_pid, "the held connection cannot have run it");
+        if let Some(pid) = parsed_on {
+            assert_ne!(
+                ran_on, pid,
+                "the statement ran on another connection than the one that parsed it"
+            );
+        }
+        holder.batch_execute("COMMIT").await?;
+        Ok(())
+    })
+}
+
+/// A NOTICE reaches the client as on the server; SET gives a ParameterStatus before ReadyForQuery,
+/// the setting sticks for this client and does not leak to another one on the same server connection.
+fn notice_and_parameter_status(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let map = proxy_setting(&ctx.default_map()?, "pool_size", "1");
+        let proxy = ctx.start_proxy(&map)?;
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+
+        let frames = Frames::new()
+            .query("DO $$BEGIN RAISE NOTICE 'hello %', 42; END$$")
+            .finish();
+        let (d, p) = exchange(&mut direct, &mut proxied, &frames, 1).await?;
+        ensure_same("RAISE NOTICE", &d, &p)?;
+        assert_eq!(tags(&p), "NCZ", "{}", rawclient::show(&p));
+        let notice = &with_tag(&p, b'N')[0];
+        assert_eq!(error_field(notice, b'M').as_deref(), Some("hello 42"));
+        assert_eq!(error_field(notice, b'C').as_deref(), Some("00000"));
+        assert_eq!(error_field(notice, b'S').as_deref(), Some("NOTICE"));
+        assert_eq!(command_tag(&with_tag(&p, b'C')[0]), "DO");
+
+        let frames = Frames::new().query("SET application_name = 'x'").finish();
+        let (d, p) = exchange(&mut direct, &mut proxied, &frames, 1).await?;
+        ensure_same("SET application_name", &d, &p)?;
+        // Postgres 14+ reports changed settings just before ReadyForQuery, after CommandComplete.
+        assert_eq!(tags(&p), "CSZ", "{}", rawclient::show(&p));
+        assert_eq!(with_tag(&p, b'S')[0].as_ref(), b"application_name\0x\0");
+        assert_eq!(command_tag(&with_tag(&p, b'C')[0]), "SET");
+
+        let shown = proxied.simple_query("SHOW application_name").await?;
+        assert_eq!(tags(&shown), "TDCZ");
+        assert_eq!(
+            text_row(&with_tag(&shown, b'D')[0])?,
+            vec![Some("x".to_string())]
+        );
+        let other = proxy.client().await?;
+        let name: String = other.query_one("SHOW application_name", &[]).await?.get(0);
+        assert_ne!(name, "x", "another client sees the first one's SET");
+        let shown = proxied.simple_query("SHOW application_name").await?;
+        assert_eq!(
+            text_row(&with_tag(&shown, b'D')[0])?,
+            vec![Some("x".to_string())]
+        );
+        Ok(())
+    })
+}
+
+/// The startup ParameterStatus set and BackendKeyData equal a direct connection's with the same
+/// startup parameters, and the settings are in effect.
+fn startup_parameters_match_direct(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let params: &[(&str, &str)] = &[
+            ("application_name", "rawtest"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, DMY"),
+            ("TimeZone", "Europe/Paris"),
+        ];
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let mut direct = direct_raw(ctx, params).await?;
+        let mut proxied = proxied_raw(&proxy, params).await?;
+        let sorted = |c: &RawClient| {
+            let mut p = c.parameters.clone();
+            p.sort();
+            p
+        };
+        let (d, p) = (sorted(&direct), sorted(&proxied));
+        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&p),
+            names(&d),
+            "ParameterStatus names through the proxy vs direct"
+        );
+        let values = |v: &[(String, String)]| {
+            v.iter()
+                .filter(|(n, _)| n != "in_hot_standby")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            values(&p),
+            values(&d),
+            "ParameterStatus values through the proxy vs direct"
+        );
+        let get = |v: &[(String, String)], name: &str| {
+            v.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&p, "DateStyle").as_deref(), Some("ISO, DMY"));
+        assert_eq!(get(&p, "TimeZone").as_deref(), Some("Europe/Paris"));
+        assert_eq!(get(&p, "application_name").as_deref(), Some("rawtest"));
+        assert_eq!(get(&p, "client_encoding").as_deref(), Some("UTF8"));
+        assert_eq!(get(&p, "session_authorization").as_deref(), Some("app"));
+        assert_eq!(direct.backend_key.as_ref().map(Bytes::len), Some(8));
+        assert_eq!(
+            proxied.backend_key.as_ref().map(Bytes::len),
+            Some(8),
+            "BackendKeyData through the proxy"
+        );
+        // The startup ends with BackendKeyData then ReadyForQuery(idle), as on the server.
+        let tail = |m: &[Message]| tags(m).trim_start_matches('S').to_string();
+        assert_eq!(
+            tail(&proxied.startup_messages),
+            tail(&direct.startup_messages)
+        );
+        assert_eq!(
+            proxied.startup_messages.last().map(|m| m.1.clone()),
+            Some(Bytes::from_static(b"I"))
+        );
+
+        // The settings are in effect for queries.
+        let q = "SHOW DateStyle; SHOW TimeZone; SELECT '01/02/2024'::date::text, \
+                 '2024-07-01 12:00:00+00'::timestamptz::text, current_setting('application_name')";
+        let (d, p) = exchange(
+            &mut direct,
+            &mut proxied,
+            &Frames::new().query(q).finish(),
+            1,
+        )
+        .await?;
+        ensure_same("settings in effect", &d, &p)?;
+        let rows: Vec<Vec<Option<String>>> = with_tag(&p, b'D')
+            .iter()
+            .map(|b| text_row(b))
+            .collect::<Result<_, _>>()?;
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            rows,
+            vec![
+                vec![s("ISO, DMY")],
+                vec![s("Europe/Paris")],
+                vec![s("2024-02-01"), s("2024-07-01 14:00:00+02"), s("rawtest")],
+            ]
+        );
+        Ok(())
+    })
+}
+
+/// SSLRequest (and GSSENCRequest) get 'N' and nothing else; the startup on the same socket then
+/// works. psql with sslmode=require fails as against a server without SSL; sslmode=prefer works.
+fn ssl_request_is_refused_cleanly(ctx: &Ctx) -> anyhow::Result<()> {
+    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+    block_on(async {
+        for codes in [
+            &[SSL_REQUEST_CODE][..],
+            &[GSSENC_REQUEST_CODE, SSL_REQUEST_CODE],
+        ] {
+            let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await?;
+            for &code in codes {
+                let answer = rawclient::encryption_request(&mut stream, code).await?;
+                assert_eq!(answer, b'N', "answer to request code {code}");
+            }
+            let mut client = RawClient::startup(stream, APP_USER, APP_PASSWORD, APP_DATABASE, &[])
+                .await
+                .with_context(|| format!("startup after encryption requests {codes:?}"))?;
+            let got = client.simple_query("SELECT 'after ssl'::text").await?;
+            assert_eq!(tags(&got), "TDCZ", "{}", rawclient::show(&got));
+            assert_eq!(
+                text_row(&with_tag(&got, b'D')[0])?,
+                vec![Some("after ssl".to_string())]
+            );
+        }
+        Ok(())
+    })?;
+
+    let args = ["-A", "-t", "-c", "SELECT 'ok'"];
+    let require = ctx.run_psql(&format!("{}?sslmode=require", proxy.url()), &args, None)?;
+    let stderr = String::from_utf8_lossy(&require.stderr);
+    assert_eq!(
+        require.status.code(),
+        Some(2),
+        "psql sslmode=require exit code; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("server does not support SSL, but SSL was required"),
+        "stderr: {stderr}"
+    );
+    let direct = ctx.run_psql(
+        &format!("{}?sslmode=require", direct_url(ctx)?),
+        &args,
+        None,
+    )?;
+    assert_eq!(
+        direct.status.code(),
+        Some(2),
+        "the server has no SSL either"
+    );
+
+    let prefer = ctx.run_psql(&format!("{}?sslmode=prefer", proxy.url()), &args, None)?;
+    assert!(
+        prefer.status.success(),
+        "psql sslmode=prefer: {}",
+        String::from_utf8_lossy(&prefer.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&prefer.stdout), "ok\n");
+    Ok(())
+}
+
+/// 5,000 rows of COPY text with escapes, NULLs and non-ASCII.
+fn copy_rows(n: i32) -> String {
+    let mut out = String::new();
+    for i in 1..=n {
+        let line = match i % 4 {
+            0 => format!("{i}\t\\N\n"),
+            1 => format!("{i}\tplain row {i}\n"),
+            2 => format!("{i}\twith\\ttab and \\\\ backslash é {i}\n"),
+            _ => format!("{i}\tline\\nbreak ✓ {i}\n"),
+        };
+        out.push_str(&line);
+    }
+    out
+}
+
+/// Where two byte strings first differ, for a failure message that does not print megabytes.
+fn byte_diff(want: &[u8], got: &[u8]) -> String {
+    let at = want
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    let around = |b: &[u8]| {
+        b[at.saturating_sub(20).min(b.len())..(at + 40).min(b.len())]
+            .escape_ascii()
+            .to_string()
+    };
+    format!(
+        "{} bytes expected, {} got; first difference at byte {at}: expected …{}…, got …{}…",
+        want.len(),
+        got.len(),
+        around(want),
+        around(got)
+    )
+}
+
+/// COPY FROM STDIN and TO STDOUT through the proxy, with tokio-postgres and with psql's \copy: what
+/// comes out is byte for byte what went in. Both halves run; a failure names each that failed.
+fn copy_round_trip_5000_rows(ctx: &Ctx) -> anyhow::Result<()> {
+    let t1 = ctx.unique("wire_copy");
+    let t2 = ctx.unique("wire_copy_psql");
+    let _cleanup = DropTables {
+        primary: ctx.primary()?,
+        tables: vec![t1.clone(), t2.clone()],
+    };
+    block_on(async {
+        let sql = format!(
+            "CREATE TABLE {t1} (id int PRIMARY KEY, v text); CREATE TABLE {t2} (id int PRIMARY KEY, v text)"
+        );
+        ctx.direct_client().await?.batch_execute(&sql).await?;
+        Ok(())
+    })?;
+    let data = copy_rows(5000);
+    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+    let via_tokio = block_on(copy_with_tokio_postgres(ctx, &proxy, &t1, &data))
+        .context("tokio-postgres copy_in / copy_out");
+    let via_psql = copy_with_psql(ctx, &proxy, &t2, &data).context("psql \\copy");
+    match (via_tokio, via_psql) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(anyhow::anyhow!("{a:#}\n  and also: {b:#}")),
+    }
+}
+
+/// Count, sum of ids and non-NULL values of a table COPY filled with [`copy_rows`]`(5000)`, read on
+/// the primary.
+async fn check_copied(ctx: &Ctx, table: &str) -> anyhow::Result<()> {
+    let row = ctx
+        .direct_client()
+        .await?
+        .query_one(
+            &format!("SELECT count(*), sum(id), count(v) FROM {table}"),
+            &[],
+        )
+        .await?;
+    let got: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    ensure!(
+        got == (5000, 12_502_500, 3750),
+        "count, sum(id), non-null v in {table} on the primary: {got:?}, expected (5000, 12502500, 3750)"
+    );
+    Ok(())
+}
+
+async fn copy_with_tokio_postgres(
+    ctx: &Ctx,
+    proxy: &ProxyUnderTest,
+    table: &str,
+    data: &str,
+) -> anyhow::Result<()> {
+    let client = proxy.client().await?;
+    let sink = client
+        .copy_in::<_, Bytes>(&format!("COPY {table} (id, v) FROM STDIN"))
+        .await
+        .context("starting COPY FROM STDIN through the proxy")?;
+    pin_mut!(sink);
+    for chunk in data.as_bytes().chunks(8000) {
+        sink.send(Bytes::copy_from_slice(chunk))
+            .await
+            .context("sending COPY data")?;
+    }
+    let copied = sink.finish().await.context("finishing COPY FROM STDIN")?;
+    ensure!(
+        copied == 5000,
+        "COPY FROM reported {copied} rows, expected 5000"
+    );
+    check_copied(ctx, table).await?;
+
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT id, v FROM {table} ORDER BY id) TO STDOUT"
+        ))
+        .await
+        .context("starting COPY TO STDOUT through the proxy")?;
+    pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.try_next().await.context("reading COPY data")? {
+        out.extend_from_slice(&chunk);
+    }
+    ensure!(
+        out == data.as_bytes(),
+        "COPY TO STDOUT: {}",
+        byte_diff(data.as_bytes(), &out)
+    );
+    // The connection is fine afterwards.
+    let n: i64 = client.query_one("SELECT 5000::int8", &[]).await?.get(0);
+    ensure!(n == 5000, "SELECT after the COPYs gave {n}");
+    Ok(())
+}
+
+fn copy_with_psql(
+    ctx: &Ctx,
+    proxy: &ProxyUnderTest,
+    table: &str,
+    data: &str,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir();
+    let src = dir.join(format!("{}.tsv", ctx.unique("wire_copy_in")));
+    let dst = dir.join(format!("{}.tsv", ctx.unique("wire_copy_out")));
+    let _files = RemoveFiles(vec![src.clone(), dst.clone()]);
+    std::fs::write(&src, data)?;
+    let copy_in = ctx.run_psql(
+        &proxy.url(),
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("\\copy {table} FROM '{}'", src.display()),
+        ],
+        None,
+    )?;
+    let (out, err) = (
+        String::from_utf8_lossy(&copy_in.stdout),
+        String::from_utf8_lossy(&copy_in.stderr),
+    );
+    ensure!(
+        copy_in.status.success() && out == "COPY 5000\n",
+        "\\copy from: {:?}, stdout {out:?}, stderr {err:?}",
+        copy_in.status
+    );
+    let copy_out = ctx.run_psql(
+        &proxy.url(),
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!(
+                "\\copy (SELECT id, v FROM {table} ORDER BY id) TO '{}'",
+                dst.display()
+            ),
+        ],
+        None,
+    )?;
+    let (out, err) = (
+        String::from_utf8_lossy(&copy_out.stdout),
+        String::from_utf8_lossy(&copy_out.stderr),
+    );
+    ensure!(
+        copy_out.status.success() && out == "COPY 5000\n",
+        "\\copy to: {:?}, stdout {out:?}, stderr {err:?}",
+        copy_out.status
+    );
+    let written = std::fs::read(&dst)?;
+    ensure!(
+        written == data.as_bytes(),
+        "\\copy to file: {}",
+        byte_diff(data.as_bytes(), &written)
+    );
+    block_on(check_copied(ctx, table))
+}
+
+/// Drivers (tokio-postgres among them) send Bind, Execute and Sync for COPY FROM STDIN and only
+/// then the data. The server ignores a Sync that arrives in copy-in mode, so the copy ends with one
+/// ReadyForQuery, for the Sync after CopyDone; what the client sends next in the same write must be
+/// answered as the server answers it.
+fn sync_during_copy_in_is_ignored(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let table = ctx.unique("wire_copy_sync");
+        let _cleanup = DropTables {
+            primary: ctx.primary()?,
+            tables: vec![table.clone()],
+        };
+        ctx.direct_client()
+            .await?
+            .batch_execute(&format!("CREATE TABLE {table} (id int, v text)"))
+            .await?;
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let copy = format!("COPY {table} (id, v) FROM STDIN");
+        let cases = [
+            // What tokio-postgres sends when the COPY statement is dropped.
+            (
+                "Close + Sync",
+                Frames::new().close(b'S', "cp").sync(),
+                "CZ3Z",
+            ),
+            (
+                "Parse/Bind/Execute + Sync",
+                Frames::new()
+                    .parse("", "SELECT 'next'::text", &[])
+                    .bind("", "", &[], &[], &[])
+                    .execute("", 0)
+                    .sync(),
+                "CZ12DCZ",
+            ),
+            (
+                "simple Query",
+                Frames::new().query("SELECT 'next'::text"),
+                "CZTDCZ",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, next, want) in cases {
+            let next = next.finish();
+            let mut runs = Vec::new();
+            for mut client in [direct_raw(ctx, &[]).await?, proxied_raw(&proxy, &[]).await?] {
+                let prepare = Frames::new()
+                    .parse("cp", &copy, &[])
+                    .describe(b'S', "cp")
+                    .sync()
+                    .finish();
+                client.send(&prepare).await?;
+                let got = client.read_until_ready().await?;
+                assert_eq!(
+                    tags(&got),
+                    "1tnZ",
+                    "{what}: prepare: {}",
+                    rawclient::show(&got)
+                );
+                client
+                    .send(
+                        &Frames::new()
+                            .bind("", "cp", &[], &[], &[])
+                            .execute("", 0)
+                            .sync()
+                            .finish(),
+                    )
+                    .await?;
+                let started = vec![client.read_message().await?, client.read_message().await?];
+                assert_eq!(
+                    tags(&started),
+                    "2G",
+                    "{what}: {}",
+                    rawclient::show(&started)
+                );
+                let mut tail = Frames::new()
+                    .copy_data(b"1\tone\n2\ttwo\n")
+                    .copy_done()
+                    .sync()
+                    .finish()
+                    .to_vec();
+                tail.extend_from_slice(&next);
+                client.send(&tail).await?;
+                runs.push(
+                    client
+                        .read_until_ready_n(2)
+                        .await
+                        .with_context(|| what.to_string())?,
+                );
+            }
+            assert_eq!(
+                tags(&runs[0]),
+                want,
+                "{what}, direct: {}",
+                rawclient::show(&runs[0])
+            );
+            assert_eq!(command_tag(&with_tag(&runs[0], b'C')[0]), "COPY 2");
+            // Every case is tried, so one run reports them all.
+            if let Err(e) = ensure_same(&format!("after a COPY, {what}"), &runs[0], &runs[1]) {
+                failures.push(format!("{e:#}"));
+            }
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        let rows: i64 = ctx
+            .direct_client()
+            .await?
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(rows, 12, "three cases, two connections, two rows each");
+        Ok(())
+    })
+}
+
+/// psql through the proxy prints exactly what it prints against the primary: multi-statement -c,
+/// an error mid-script without ON_ERROR_STOP, and an aborted transaction.
+fn psql_multi_statement_and_errors(ctx: &Ctx) -> anyhow::Result<()> {
+    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+    let direct = direct_url(ctx)?;
+
+    let args = ["-A", "-t", "-c", "SELECT 1; SELECT 2"];
+    let p = ctx.run_psql(&proxy.url(), &args, None)?;
+    let d = ctx.run_psql(&direct, &args, None)?;
+    assert_eq!(
+        String::from_utf8_lossy(&p.stderr),
+        "",
+        "psql -c stderr through the proxy"
+    );
+    assert_eq!(String::from_utf8_lossy(&p.stdout), "1\n2\n");
+    assert_eq!(p.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&d.stdout), "1\n2\n");
+
+    let script = "SELECT 1 AS one;\n\
+                  SELECT 1/0;\n\
+                  SELECT 'after error' AS still_running;\n\
+                  BEGIN;\n\
+                  SELECT 2 AS two;\n\
+                  SELECT 1/0;\n\
+                  SELECT 3 AS three;\n\
+                  ROLLBACK;\n\
+                  SELECT 'done' AS done, repeat('é', 3) AS accents;\n";
+    let p = ctx.run_psql(&proxy.url(), &[], Some(script))?;
+    let d = ctx.run_psql(&direct, &[], Some(script))?;
+    let (p_out, p_err) = (
+        String::from_utf8_lossy(&p.stdout),
+        String::from_utf8_lossy(&p.stderr),
+    );
+    let (d_out, d_err) = (
+        String::from_utf8_lossy(&d.stdout),
+        String::from_utf8_lossy(&d.stderr),
+    );
+    assert_eq!(p_err, d_err, "psql stderr through the proxy vs direct");
+    assert_eq!(p_out, d_out, "psql stdout through the proxy vs direct");
+    assert_eq!(p.status.code(), d.status.code());
+    assert_eq!(
+        p.status.code(),
+        Some(0),
+        "without ON_ERROR_STOP psql carries on"
+    );
+    assert_eq!(
+        p_err,
+        "ERROR:  division by zero\n\
+         ERROR:  division by zero\n\
+         ERROR:  current transaction is aborted, commands ignored until end of transaction block\n"
+    );
+    assert!(p_out.contains(" after error\n"), "stdout: {p_out}");
+    assert!(p_out.contains(" done | ééé\n"), "stdout: {p_out}");
+    assert!(!p_out.contains("three"), "stdout: {p_out}");
+    Ok(())
+}
+
+/// One row of [`tokio_postgres_prepared_binary`]'s statement.
+type Typed = (
+    i16,
+    i32,
+    i64,
+    f64,
+    String,
+    Vec<u8>,
+    bool,
+    Option<i32>,
+    i32,
+    i32,
+);
+
+/// A tokio-postgres prepared statement (binary parameters and results) run 10 times with different
+/// parameters gives the same rows through the proxy as directly.
+fn tokio_postgres_prepared_binary(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let sql = "SELECT $1::int2, $2::int4, $3::int8, $4::float8, $5::text, $6::bytea, $7::bool, \
+                   $8::int4, length($5), $2::int4 / 2";
+        let texts = [
+            "",
+            "plain",
+            "héllo ✓",
+            "tab\tnew\nline",
+            "quote ' and \" and \\",
+        ];
+        let floats = [0.1, -1e300, f64::INFINITY, f64::MIN_POSITIVE, -0.0];
+        let params: Vec<Typed> = (0..10i32)
+            .map(|i| {
+                let text = texts[i as usize % texts.len()].repeat(1 + i as usize);
+                let bytes: Vec<u8> = (0..=255u8)
+                    .cycle()
+                    .skip(i as usize * 7)
+                    .take(i as usize * 50)
+                    .collect();
+                (
+                    if i == 0 {
+                        i16::MIN
+                    } else {
+                        (i * 3000 - 5000) as i16
+                    },
+                    if i == 1 { i32::MAX } else { i * -70_000 },
+                    if i == 2 { i64::MAX } else { i64::from(i) << 40 },
+                    floats[i as usize % floats.len()] * f64::from(i + 1),
+                    text.clone(),
+                    bytes,
+                    i % 3 == 0,
+                    (i % 2 == 0).then_some(i * 11),
+                    text.chars().count() as i32,
+                    if i == 1 { i32::MAX / 2 } else { i * -35_000 },
+                )
+            })
+            .collect();
+        let mut results = Vec::new();
+        for client in [ctx.direct_client().await?, proxy.client().await?] {
+            let stmt = client.prepare(sql).await?;
+            let mut rows: Vec<Typed> = Vec::new();
+            for p in &params {
+                let row = client
+                    .query_one(&stmt, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &p.6, &p.7])
+                    .await?;
+                rows.push((
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                    row.get(6),
+                    row.get(7),
+                    row.get(8),
+                    row.get(9),
+                ));
+            }
+            results.push(rows);
+        }
+        let bits = |rows: &[Typed]| rows.iter().map(|r| r.3.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&results[1]),
+            bits(&params),
+            "float8 bits through the proxy"
+        );
+        assert_eq!(results[0], params, "direct");
+        assert_eq!(results[1], params, "through the proxy");
+        Ok(())
+    })
+}
+
+/// A 5 MB text and a 5 MB bytea come back whole through the proxy, and go up whole as parameters;
+/// the raw bytes of the response equal the primary's in text and binary.
+fn large_row_passes_through(ctx: &Ctx) -> anyhow::Result<()> {
+    const N: usize = 5_000_000;
+    let big =
+        "SELECT repeat('x', 5000000) AS t, decode(repeat('0123456789abcdef', 625000), 'hex') AS b";
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let client = proxy.client().await?;
+        let row = client.query_one(big, &[]).await?;
+        let text: String = row.get(0);
+        let bytea: Vec<u8> = row.get(1);
+        assert_eq!(text.len(), N);
+        assert!(text == "x".repeat(N), "the text is all 'x'");
+        let pattern = [0x01u8, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
+        let want: Vec<u8> = pattern.iter().copied().cycle().take(N).collect();
+        assert_eq!(bytea.len(), N);
+        ensure!(bytea == want, "the bytea: {}", byte_diff(&want, &bytea));
+
+        let admin = ctx.direct_client().await?;
+        let md5s = "SELECT md5(repeat('x', 5000000)), md5(decode(repeat('0123456789abcdef', 625000), 'hex'))";
+        let row = admin.query_one(md5s, &[]).await?;
+        let direct_md5: (String, String) = (row.get(0), row.get(1));
+        let row = client
+            .query_one(
+                "SELECT md5($1::text), md5($2::bytea), length($1::text), length($2::bytea)",
+                &[&text, &bytea],
+            )
+            .await?;
+        let up: (String, String, i32, i32) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            up,
+            (direct_md5.0, direct_md5.1, N as i32, N as i32),
+            "md5 and length of 5 MB parameters sent through the proxy"
+        );
+
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+        for format in [0i16, 1] {
+            let frames = Frames::new()
+                .parse("", big, &[])
+                .bind("", "", &[], &[], &[format])
+                .execute("", 0)
+                .sync()
+                .finish();
+            direct.send(&frames).await?;
+            let d = direct.raw_bytes_until_ready().await?;
+            proxied.send(&frames).await?;
+            let p = proxied.raw_bytes_until_ready().await?;
+            ensure_same_bytes(&format!("5 MB row, result format {format}"), &d, &p)?;
+            assert!(p.len() > 2 * N, "{} bytes", p.len());
+        }
+        Ok(())
+    })
+}
