@@ -31,6 +31,8 @@ pub struct Worker {
     /// Multiplexed server connections (see `multiplex`), at most `mux_limit`.
     pub mux: RefCell<Vec<Rc<super::multiplex::MuxConn>>>,
     pub mux_limit: usize,
+    /// Multiplexed connections being opened now (they count against `mux_limit`).
+    pub mux_opening: std::cell::Cell<usize>,
     /// How fast simple-query and unnamed-statement texts have been, by a hash of the text.
     pub text_speeds: RefCell<HashMap<u64, Arc<super::multiplex::StatementSpeed>>>,
 }
@@ -116,6 +118,7 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                         pools,
                         mux: RefCell::new(Vec::new()),
                         mux_limit,
+                        mux_opening: std::cell::Cell::new(0),
                         text_speeds: RefCell::new(HashMap::new()),
                         shared,
                         sessions,

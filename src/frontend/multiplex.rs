@@ -96,6 +96,24 @@ pub fn text_qualifies(sql: &[u8]) -> bool {
     !session_state::text_may_change_session(sql)
 }
 
+/// The key speed records are kept under: a hash of the SQL text without its numbers and string
+/// literals, so `... WHERE aid = 1` and `... WHERE aid = 2` share one record.
+pub fn speed_key(text: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    let mut in_string = false;
+    for &b in text {
+        if b == b'\'' {
+            in_string = !in_string;
+            continue;
+        }
+        if !in_string && !b.is_ascii_digit() {
+            h.write_u8(b);
+        }
+    }
+    h.finish()
+}
+
 /// Where a session receives the answer to its multiplexed segment.
 #[derive(Default)]
 pub struct MuxOutput {
@@ -110,7 +128,8 @@ struct Waiter {
     /// ParseCompletes of Parses the proxy injected, which the client must not see.
     swallow: u8,
     speed: Option<Arc<StatementSpeed>>,
-    sent: Instant,
+    /// When the segment went out to the server.
+    written: Option<Instant>,
 }
 
 /// One multiplexed server connection, as sessions see it.
@@ -123,6 +142,9 @@ pub struct MuxConn {
     waiters: RefCell<VecDeque<Waiter>>,
     flush: Notify,
     broken: Cell<bool>,
+    /// When the last answer completed: the server works on one segment at a time, so a segment's
+    /// own time is from the later of this and its write to its ReadyForQuery.
+    last_done: Cell<Instant>,
 }
 
 impl MuxConn {
@@ -148,7 +170,7 @@ impl MuxConn {
             out,
             swallow,
             speed,
-            sent: Instant::now(),
+            written: None,
         });
         self.flush.notify_one();
     }
@@ -163,6 +185,7 @@ pub fn start(mut conn: Checkout) -> Rc<MuxConn> {
         waiters: RefCell::new(VecDeque::new()),
         flush: Notify::new(),
         broken: Cell::new(false),
+        last_done: Cell::new(Instant::now()),
     });
     tokio::task::spawn_local(run(mux.clone(), conn));
     mux
@@ -190,6 +213,13 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
                 if !out.is_empty() {
                     conn.wbuf.extend_from_slice(&out);
                     out.clear();
+                    let now = Instant::now();
+                    for w in mux.waiters.borrow_mut().iter_mut().rev() {
+                        if w.written.is_some() {
+                            break;
+                        }
+                        w.written = Some(now);
+                    }
                 }
             }
             while !conn.wbuf.is_empty() {
@@ -220,6 +250,8 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
     }
     if reason != "retired" {
         warn!(server = %conn.addr, %reason, "a multiplexed server connection failed");
+    } else {
+        tracing::debug!(server = %conn.addr, "a multiplexed server connection retired");
     }
     conn.broken = true;
     drop(Checkout::take(conn));
@@ -298,8 +330,11 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
                 .borrow_mut()
                 .extend_from_slice(&conn.rbuf[run_start..off]);
             run_start = off;
+            let now = Instant::now();
+            let began = w.written.map_or(now, |t| t.max(mux.last_done.get()));
+            mux.last_done.set(now);
             if let Some(speed) = &w.speed
-                && w.sent.elapsed() > SLOW
+                && now.duration_since(began) > SLOW
             {
                 speed.mark_slow();
             }
@@ -337,6 +372,15 @@ mod tests {
         assert!(!text_qualifies(b"SELECT set_config('a', 'b', false)"));
         assert!(!text_qualifies(b"SELECT pg_advisory_lock(1)"));
         assert!(!text_qualifies(b"selectx"));
+    }
+
+    #[test]
+    fn speed_keys_ignore_literals() {
+        assert_eq!(
+            speed_key(b"SELECT 1 WHERE a = 'x'"),
+            speed_key(b"SELECT 22 WHERE a = 'yy'")
+        );
+        assert_ne!(speed_key(b"SELECT a"), speed_key(b"SELECT b"));
     }
 
     #[test]

@@ -660,6 +660,7 @@ impl Session {
             return MuxTry::No;
         }
         let Some(mux) = self.pick_mux().await else {
+            tracing::trace!(limit = self.worker.mux_limit, "no multiplexed connection");
             return MuxTry::No;
         };
         let mut swallow = 0u8;
@@ -755,22 +756,9 @@ impl Session {
         (tag == fe::SYNC).then_some((off, named, speed))
     }
 
-    /// The speed record of a SQL text, shared by texts that differ only in numbers and string
-    /// literals (`... WHERE aid = 1` and `... WHERE aid = 2`).
+    /// The speed record of a SQL text (see `multiplex::speed_key`).
     fn text_speed(&self, text: &[u8]) -> Arc<StatementSpeed> {
-        use std::hash::{DefaultHasher, Hasher};
-        let mut h = DefaultHasher::new();
-        let mut in_string = false;
-        for &b in text {
-            if b == b'\'' {
-                in_string = !in_string;
-                continue;
-            }
-            if !in_string && !b.is_ascii_digit() {
-                h.write_u8(b);
-            }
-        }
-        let key = h.finish();
+        let key = multiplex::speed_key(text);
         let mut speeds = self.worker.text_speeds.borrow_mut();
         if speeds.len() > 10_000 {
             speeds.clear();
@@ -789,7 +777,7 @@ impl Session {
                 .filter(|m| m.accepts(&self.settings))
                 .min_by_key(|m| m.in_flight())
                 .cloned();
-            (best, list.len())
+            (best, list.len() + self.worker.mux_opening.get())
         };
         if let Some(m) = &best
             && (m.in_flight() == 0 || count >= self.worker.mux_limit)
@@ -799,7 +787,13 @@ impl Session {
         if count >= self.worker.mux_limit {
             return None;
         }
-        match self.checkout_conn().await {
+        // Count it before the await, so sessions that arrive meanwhile do not open more.
+        let opening = &self.worker.mux_opening;
+        opening.set(opening.get() + 1);
+        let conn = self.checkout_conn().await;
+        let opening = &self.worker.mux_opening;
+        opening.set(opening.get() - 1);
+        match conn {
             Ok(conn) => {
                 let mux = multiplex::start(conn);
                 self.worker.mux.borrow_mut().push(mux.clone());

@@ -31,6 +31,8 @@ pub struct Statement {
 #[derive(Default)]
 pub struct StatementRegistry {
     by_text: Mutex<HashMap<Bytes, Weak<Statement>>>,
+    /// Speed records by `multiplex::speed_key`, kept when a statement is closed and prepared again.
+    speeds: Mutex<HashMap<u64, Arc<super::multiplex::StatementSpeed>>>,
     next_id: AtomicU64,
 }
 
@@ -47,12 +49,22 @@ impl StatementRegistry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let rest = Bytes::copy_from_slice(parse_rest);
         let text = crate::protocol::frontend::query_text(&rest);
+        let speed = {
+            let mut speeds = self.speeds.lock().expect("statement speeds lock");
+            if speeds.len() > 10_000 {
+                speeds.clear();
+            }
+            speeds
+                .entry(super::multiplex::speed_key(text))
+                .or_default()
+                .clone()
+        };
         let stmt = Arc::new(Statement {
             id,
             server_name: Bytes::from(format!("_sg_{id}")),
             changes_session: crate::session_state::text_may_change_session(text),
             multiplexable: super::multiplex::text_qualifies(text),
-            speed: Arc::default(),
+            speed,
             parse_rest: rest.clone(),
         });
         map.insert(rest, Arc::downgrade(&stmt));

@@ -6,7 +6,9 @@
 
 mod bad_input;
 mod harness;
+mod multiplexing;
 mod pooling;
+mod protocol_errors;
 mod rawclient;
 mod smoke;
 mod wire;
@@ -24,6 +26,8 @@ const MODULES: &[&[Test]] = &[
     wire::TESTS,
     pooling::TESTS,
     bad_input::TESTS,
+    protocol_errors::TESTS,
+    multiplexing::TESTS,
 ];
 
 fn main() {
