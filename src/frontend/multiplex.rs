@@ -43,11 +43,17 @@ pub const SLOW: Duration = Duration::from_millis(50);
 /// Segments in flight on one connection before sessions use exclusive connections instead.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Slow answers in a row that make a statement slow for good. One slow answer can be a stall of
+/// the machine (a checkpoint, a descheduled thread), not the statement.
+const STRIKES: u8 = 3;
+
 /// Fast/slow record of a statement (a prepared statement, or a SQL text).
 #[derive(Debug, Default)]
 pub struct StatementSpeed {
     /// 0 = not yet timed, 1 = fast, 2 = slow (never multiplexed).
     state: AtomicU8,
+    /// Slow answers in a row.
+    strikes: AtomicU8,
 }
 
 impl StatementSpeed {
@@ -59,20 +65,20 @@ impl StatementSpeed {
         self.state.load(Ordering::Relaxed) == 0
     }
 
-    /// Records one timing on an exclusive connection: under [`FAST`] makes an untimed statement
-    /// fast; over [`SLOW`] makes any statement slow for good; in between (a busy moment) says nothing.
+    /// Records one timing: under [`FAST`] makes an untimed statement fast and clears the strikes;
+    /// over [`SLOW`] [`STRIKES`] times in a row makes it slow for good; in between (a busy moment)
+    /// says nothing.
     pub fn record(&self, elapsed: Duration) {
         if elapsed >= SLOW {
-            self.state.store(2, Ordering::Relaxed);
+            if self.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= STRIKES {
+                self.state.store(2, Ordering::Relaxed);
+            }
         } else if elapsed < FAST {
+            self.strikes.store(0, Ordering::Relaxed);
             let _ = self
                 .state
                 .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
         }
-    }
-
-    fn mark_slow(&self) {
-        self.state.store(2, Ordering::Relaxed);
     }
 }
 
@@ -120,11 +126,16 @@ pub struct MuxOutput {
     pub buf: RefCell<BytesMut>,
     /// Set when the answer is complete (its ReadyForQuery arrived, or the connection failed).
     pub done: Cell<bool>,
+    /// The session holds client input it will handle once the answer is complete: it must be woken
+    /// even when the answer went straight to the client.
+    pub input_waiting: Cell<bool>,
     pub notify: Notify,
 }
 
 struct Waiter {
     out: Rc<MuxOutput>,
+    /// The client socket, when the answer may be written to it directly.
+    direct: Option<Rc<tokio::net::TcpStream>>,
     /// ParseCompletes of Parses the proxy injected, which the client must not see.
     swallow: u8,
     speed: Option<Arc<StatementSpeed>>,
@@ -164,10 +175,17 @@ impl MuxConn {
     }
 
     /// Queues the segment the session just appended to `out`, and wakes the writer.
-    pub fn submit(&self, out: Rc<MuxOutput>, swallow: u8, speed: Option<Arc<StatementSpeed>>) {
+    pub fn submit(
+        &self,
+        out: Rc<MuxOutput>,
+        swallow: u8,
+        speed: Option<Arc<StatementSpeed>>,
+        direct: Option<Rc<tokio::net::TcpStream>>,
+    ) {
         out.done.set(false);
         self.waiters.borrow_mut().push_back(Waiter {
             out,
+            direct,
             swallow,
             speed,
             written: None,
@@ -257,6 +275,34 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
     drop(Checkout::take(conn));
 }
 
+/// Hands the end of a session's answer over: straight to its client socket when nothing else of
+/// the session is waiting to go out (no wake-up of the session needed), else through its buffer.
+fn deliver(w: &Waiter, tail: &[u8]) {
+    let mut buf = w.out.buf.borrow_mut();
+    if let Some(client) = &w.direct
+        && buf.is_empty()
+    {
+        let mut written = 0;
+        while written < tail.len() {
+            match client.try_write(&tail[written..]) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        w.out.done.set(true);
+        if written == tail.len() && !w.out.input_waiting.get() {
+            // The session learns it is done when its client sends the next message.
+            return;
+        }
+        buf.extend_from_slice(&tail[written..]);
+    } else {
+        buf.extend_from_slice(tail);
+        w.out.done.set(true);
+    }
+    drop(buf);
+    w.out.notify.notify_one();
+}
+
 /// Reads what the server sent and hands each frame to the session whose segment it answers.
 fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Result<(), String> {
     if conn.rbuf.capacity() - conn.rbuf.len() < 8 * 1024 {
@@ -325,26 +371,25 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
                 mux.broken.set(true);
             }
             let w = waiters.pop_front().expect("front exists");
-            w.out
-                .buf
-                .borrow_mut()
-                .extend_from_slice(&conn.rbuf[run_start..off]);
+            deliver(&w, &conn.rbuf[run_start..off]);
             run_start = off;
             let now = Instant::now();
             let began = w.written.map_or(now, |t| t.max(mux.last_done.get()));
             mux.last_done.set(now);
-            if let Some(speed) = &w.speed
-                && now.duration_since(began) > SLOW
-            {
-                speed.mark_slow();
+            if let Some(speed) = &w.speed {
+                let took = now.duration_since(began);
+                if took > SLOW {
+                    tracing::debug!(?took, "a multiplexed statement was slow");
+                }
+                speed.record(took);
             }
-            w.out.done.set(true);
-            w.out.notify.notify_one();
         }
     }
     if run_start < off {
-        // Part of a long answer: give the session what is here so far.
-        if let Some(front) = waiters.front() {
+        // Part of a long answer: give the session what is here so far. From here on the session
+        // writes this answer, since part of it sits in its buffer.
+        if let Some(front) = waiters.front_mut() {
+            front.direct = None;
             front
                 .out
                 .buf
@@ -391,6 +436,13 @@ mod tests {
         assert!(s.is_fast());
         s.record(Duration::from_millis(10));
         assert!(s.is_fast(), "a busy moment does not demote it");
+        s.record(Duration::from_millis(60));
+        s.record(Duration::from_millis(60));
+        assert!(s.is_fast(), "two stalls do not demote it");
+        s.record(Duration::from_micros(60));
+        s.record(Duration::from_millis(60));
+        s.record(Duration::from_millis(60));
+        assert!(s.is_fast(), "a fast answer clears the strikes");
         s.record(Duration::from_millis(60));
         assert!(!s.is_fast() && !s.is_untimed());
         s.record(Duration::from_micros(50));

@@ -75,7 +75,8 @@ enum Event {
 
 pub struct Session {
     worker: Rc<Worker>,
-    client: tokio::net::TcpStream,
+    /// Shared with multiplexed connections, which write answers straight to it when they can.
+    client: Rc<tokio::net::TcpStream>,
     /// Bytes read from the client and not yet handled.
     cin: BytesMut,
     /// Bytes to send to the client.
@@ -137,7 +138,7 @@ impl Session {
     pub fn new(worker: Rc<Worker>, ready: Ready, cancel: Arc<CancelSlot>) -> Session {
         let config = worker.shared.config.clone();
         Session {
-            client: ready.stream,
+            client: Rc::new(ready.stream),
             cin: ready.leftover,
             cout: BytesMut::new(),
             backend: None,
@@ -247,7 +248,12 @@ impl Session {
     /// Handles every whole frame in `cin`, then writes what is ready on both sides.
     async fn on_client_data(&mut self) -> Step {
         if self.mux_inflight {
-            return Ok(Flow::Continue);
+            if !self.mux_out.done.get() {
+                self.mux_out.input_waiting.set(!self.cin.is_empty());
+                return Ok(Flow::Continue);
+            }
+            // Answered (perhaps written straight to the client by the multiplexed connection).
+            self.take_mux_answer();
         }
         let mut cin = std::mem::take(&mut self.cin);
         let mut off = 0;
@@ -689,7 +695,10 @@ impl Session {
                 off += h.frame_len;
             }
         }
-        mux.submit(self.mux_out.clone(), swallow, Some(speed));
+        // With nothing of ours waiting to go out, the answer may go straight to the client socket.
+        let direct = self.cout.is_empty().then(|| self.client.clone());
+        self.mux_out.input_waiting.set(len < buf.len());
+        mux.submit(self.mux_out.clone(), swallow, Some(speed), direct);
         self.mux_inflight = true;
         MuxTry::Submitted(len)
     }
@@ -806,20 +815,26 @@ impl Session {
         }
     }
 
-    async fn on_mux_answer(&mut self) -> Step {
-        {
-            let mut buf = self.mux_out.buf.borrow_mut();
-            self.cout.extend_from_slice(&buf);
-            buf.clear();
-        }
-        if self.mux_out.done.get() && self.mux_inflight {
+    /// Moves what the multiplexed connection collected for this session into `cout`.
+    fn take_mux_answer(&mut self) {
+        let mut buf = self.mux_out.buf.borrow_mut();
+        self.cout.extend_from_slice(&buf);
+        buf.clear();
+        if self.mux_out.done.get() {
             self.mux_inflight = false;
-            self.flush_client()?;
-            if !self.cin.is_empty() {
-                return self.on_client_data().await;
-            }
         }
-        self.flush_client()
+    }
+
+    async fn on_mux_answer(&mut self) -> Step {
+        if !self.mux_inflight {
+            return Ok(Flow::Continue);
+        }
+        self.take_mux_answer();
+        self.flush_client()?;
+        if !self.mux_inflight && !self.cin.is_empty() {
+            return self.on_client_data().await;
+        }
+        Ok(Flow::Continue)
     }
 
     /// Gives the server connection back (or closes it when it cannot be trusted).
@@ -987,7 +1002,11 @@ impl Session {
                         if self.pending.is_empty()
                             && let Some((speed, started)) = self.timing.take()
                         {
-                            speed.record(started.elapsed());
+                            let took = started.elapsed();
+                            if took >= multiplex::SLOW {
+                                debug!(?took, "a statement was slow on an exclusive connection");
+                            }
+                            speed.record(took);
                         }
                         Ok(true)
                     }
@@ -1242,12 +1261,17 @@ impl Session {
     }
 
     async fn write_out_before_close(&mut self) {
-        use tokio::io::AsyncWriteExt;
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.client.write_all(&self.cout),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.cout.is_empty() {
+            match tokio::time::timeout_at(deadline, self.client.writable()).await {
+                Ok(Ok(())) => match self.client.try_write(&self.cout) {
+                    Ok(n) => self.cout.advance(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                },
+                _ => break,
+            }
+        }
         self.cout.clear();
     }
 
