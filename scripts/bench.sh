@@ -68,9 +68,11 @@ TARGETS="direct shardgate"
 if [ "$PGBOUNCER" = 1 ]; then
     command -v pgbouncer > /dev/null || { echo "PGBOUNCER=1 needs pgbouncer (apt-get install -y pgbouncer)"; exit 1; }
     BPORT=$((PORT + 1))
+    BDIR=$WORK/pgbouncer
+    mkdir -p "$BDIR"
     # Transaction mode for the simple-protocol workloads; 1.18 has no prepared statements in
     # transaction mode, so the prepared workload uses a second pool in session mode.
-    cat > "$WORK/pgbouncer.ini" <<EOF
+    cat > "$BDIR/pgbouncer.ini" <<EOF
 [databases]
 app = host=127.0.0.1 port=$PPORT dbname=app pool_mode=transaction
 app_session = host=127.0.0.1 port=$PPORT dbname=app pool_mode=session
@@ -78,21 +80,26 @@ app_session = host=127.0.0.1 port=$PPORT dbname=app pool_mode=session
 listen_addr = 127.0.0.1
 listen_port = $BPORT
 auth_type = plain
-auth_file = $WORK/users.txt
+auth_file = $BDIR/users.txt
 default_pool_size = 20
 max_client_conn = 2000
 unix_socket_dir =
-logfile = $WORK/pgbouncer.log
+logfile = $BDIR/pgbouncer.log
 EOF
-    echo '"app" "secret"' > "$WORK/users.txt"
-    chown -R postgres "$WORK/pgbouncer.ini" "$WORK/users.txt" 2>/dev/null || true
+    echo '"app" "secret"' > "$BDIR/users.txt"
+    # PgBouncer refuses to run as root: as root, run it as the postgres user, which owns its dir.
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+        chown -R postgres "$BDIR"
+        runuser -u postgres -- pgbouncer "$BDIR/pgbouncer.ini" > "$BDIR/stderr" 2>&1 &
     else
-        pgbouncer "$WORK/pgbouncer.ini" > /dev/null 2>&1 &
+        pgbouncer "$BDIR/pgbouncer.ini" > "$BDIR/stderr" 2>&1 &
     fi
     BOUNCER_PID=$!
-    sleep 1
+    for _ in $(seq 1 50); do
+        psql -X -q "host=127.0.0.1 port=$BPORT user=app dbname=app" -c "SELECT 1" > /dev/null 2>&1 && break
+        kill -0 "$BOUNCER_PID" 2>/dev/null || { echo "pgbouncer did not start:"; cat "$BDIR/stderr" "$BDIR/pgbouncer.log" 2>/dev/null; exit 1; }
+        sleep 0.1
+    done
     TARGETS="direct shardgate pgbouncer"
 fi
 
@@ -111,7 +118,7 @@ pid_for() {
     esac
 }
 cpu_ticks() { # utime+stime of a pid, in clock ticks
-    [ -n "$1" ] || { echo 0; return; }
+    [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 TICK=$(getconf CLK_TCK)

@@ -679,6 +679,13 @@ impl Session {
                 };
                 let frame = &buf[off..off + h.frame_len];
                 match (h.tag, &named) {
+                    (fe::PARSE, _) => {
+                        // The client's unnamed statement is now this one, wherever it goes next.
+                        self.unnamed_parse.clear();
+                        self.unnamed_parse.extend_from_slice(frame);
+                        self.unnamed_on = None;
+                        out.extend_from_slice(frame);
+                    }
                     (fe::BIND, Some(stmt)) => {
                         let mut prepared = mux.prepared.borrow_mut();
                         if !prepared.contains(&stmt.id) {

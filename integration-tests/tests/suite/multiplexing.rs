@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use futures::future::try_join_all;
 
 use crate::harness::{Ctx, block_on, connect, proxy_setting, tests};
+use crate::rawclient::{Frames, RawClient, text_row, with_tag};
 
 tests![
     concurrent_short_selects_share_two_connections,
     slow_statements_are_never_multiplexed,
     clients_with_other_settings_keep_their_own,
     an_error_stays_with_its_client,
+    unnamed_statement_of_a_multiplexed_segment_stays_the_clients,
 ];
 
 /// One worker, 8 pooled connections, so 2 multiplexed connections (a quarter of the pool).
@@ -152,6 +154,45 @@ fn an_error_stays_with_its_client(ctx: &Ctx) -> anyhow::Result<()> {
             });
             futures::future::join_all(runs).await;
         }
+        Ok(())
+    })
+}
+
+/// A client re-executing the unnamed statement of a segment that went to a multiplexed
+/// connection gets that statement (re-prepared where it runs), not an older one.
+fn unnamed_statement_of_a_multiplexed_segment_stays_the_clients(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&map(ctx, 2)?)?;
+        let mut client = RawClient::connect(proxy.addr(), "app", "secret", "app", &[]).await?;
+        let full = |sql: &str| {
+            Frames::new()
+                .parse("", sql, &[])
+                .bind("", "", &[], &[], &[])
+                .execute("", 0)
+                .sync()
+                .finish()
+        };
+        let again = Frames::new().bind("", "", &[], &[], &[]).execute("", 0).sync().finish();
+        let value = |msgs: &[(u8, bytes::Bytes)]| -> anyhow::Result<Option<String>> {
+            let rows = with_tag(msgs, b'D');
+            anyhow::ensure!(rows.len() == 1, "one row: {}", crate::rawclient::show(msgs));
+            Ok(text_row(&rows[0])?.remove(0))
+        };
+        // Warm both texts up so they are multiplexed.
+        for _ in 0..20 {
+            client.send(&full("SELECT 'first'::text")).await?;
+            client.read_until_ready().await?;
+            client.send(&full("SELECT 'second'::text")).await?;
+            client.read_until_ready().await?;
+        }
+        client.send(&full("SELECT 'first'::text")).await?;
+        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("first"));
+        client.send(&again).await?;
+        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("first"));
+        client.send(&full("SELECT 'second'::text")).await?;
+        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("second"));
+        client.send(&again).await?;
+        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("second"));
         Ok(())
     })
 }
