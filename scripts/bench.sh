@@ -113,7 +113,8 @@ conn_for() { # target workload
 pid_for() {
     case $1 in
         shardgate) echo "$DEMO_PID" ;;
-        pgbouncer) echo "$BOUNCER_PID" ;;
+        # As root it runs under runuser: its own PID is runuser's child.
+        pgbouncer) pgrep -x -P "$BOUNCER_PID" pgbouncer || echo "$BOUNCER_PID" ;;
         *) echo "" ;;
     esac
 }

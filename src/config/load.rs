@@ -211,24 +211,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[proxy]
-listen = "127.0.0.1:6432"
-pool_mode = "transaction"
-pool_size = 20
-[[users]]
-name = "app"
-password = "secret"
-[backend]
-user = "app"
-password = "secret"
-database = "app"
-[[shards]]
-name = "s0"
-range = [0, 4294967296]
-primary = "127.0.0.1:5433"
-replicas = ["127.0.0.1:5434"]
-"#;
+    /// The example map shipped at the top of the repository.
+    const GOOD: &str = include_str!("../../shard-map.toml");
 
     fn err(text: &str) -> String {
         load_str(text, "test.toml").unwrap_err().to_string()

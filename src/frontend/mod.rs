@@ -24,7 +24,7 @@ use statements::StatementRegistry;
 /// State shared by every worker of one proxy.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub auth: auth::Credentials,
+    pub auth: Arc<auth::Credentials>,
     pub statements: StatementRegistry,
     pub cancels: CancelRegistry,
     /// ParameterStatus values a server reported for a given set of startup settings, so that a client
@@ -37,7 +37,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Shared {
         Shared {
-            auth: auth::Credentials::new(&config),
+            auth: Arc::new(auth::Credentials::new(&config)),
             config: Arc::new(config),
             statements: StatementRegistry::default(),
             cancels: CancelRegistry::default(),

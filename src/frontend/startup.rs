@@ -109,7 +109,6 @@ async fn startup(
     secret: i32,
     too_many: bool,
 ) -> Result<Option<Ready>, SessionError> {
-    let shared = &worker.shared;
     let io_err = |e: std::io::Error| SessionError::AuthFailed(format!("client connection: {e}"));
     let Some(mut framed) = negotiate_tls::<()>(stream, None).await.map_err(io_err)? else {
         return Ok(None);
@@ -172,7 +171,6 @@ async fn startup(
     let MaybeTls::Plain(stream) = parts.io else {
         unreachable!("TLS is not offered, so the connection is plain TCP");
     };
-    let _ = shared;
     Ok(Some(Ready {
         stream,
         leftover: parts.read_buf,
@@ -226,7 +224,7 @@ async fn authenticate(
     }
     save_startup_parameters_to_metadata(framed, startup);
 
-    let source = Arc::new(shared_credentials(worker));
+    let source = shared.auth.clone();
     let mechanism = match shared.config.proxy.auth_method {
         AuthMethod::ScramSha256 => ScramAuth::new(source).create(),
         AuthMethod::Md5 => Md5PasswordAuth::new(source).create(),
@@ -271,38 +269,6 @@ async fn authenticate(
         return Err(SessionError::UnknownDatabase(database));
     }
     Ok((user, session_state::from_startup(params)))
-}
-
-/// The credentials as an `AuthSource` (pgwire wants an owned `Arc`).
-fn shared_credentials(worker: &Worker) -> SharedCredentials {
-    SharedCredentials(worker.shared.clone())
-}
-
-#[derive(Debug)]
-struct SharedCredentials(Arc<super::Shared>);
-
-impl std::fmt::Debug for super::Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Shared")
-    }
-}
-
-#[async_trait::async_trait]
-impl pgwire::api::auth::AuthSource for SharedCredentials {
-    async fn get_password(
-        &self,
-        login: &pgwire::api::auth::LoginInfo,
-    ) -> pgwire::error::PgWireResult<pgwire::api::auth::Password> {
-        self.0.auth.get_password(login).await
-    }
-
-    async fn get_scram_secret(
-        &self,
-        login: &pgwire::api::auth::LoginInfo,
-    ) -> pgwire::error::PgWireResult<(pgwire::api::auth::sasl::scram::ScramSecret, Option<()>)>
-    {
-        self.0.auth.get_scram_secret(login).await
-    }
 }
 
 /// The ParameterStatus values for `settings`: from the cache, or by applying them on a real server.

@@ -23,6 +23,14 @@ fn db_code(e: &anyhow::Error) -> Option<SqlState> {
         .and_then(|e| e.code().cloned())
 }
 
+/// The error `SELECT 1` gets on `client` (the test fails if it succeeds).
+async fn query_error(client: &tokio_postgres::Client) -> anyhow::Error {
+    match client.query_one("SELECT 1", &[]).await {
+        Ok(_) => panic!("SELECT 1 succeeded where an error was expected"),
+        Err(e) => e.into(),
+    }
+}
+
 fn db_message(e: &anyhow::Error) -> String {
     e.downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
@@ -135,24 +143,12 @@ fn server_down_then_back(ctx: &Ctx) -> anyhow::Result<()> {
         let in_tx = connect(&url).await?;
         in_tx.batch_execute("BEGIN; SELECT 1").await?;
         cluster.shards_mut()[0].primary.stop_fast();
-        let e = client
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(anyhow::Error::from)
-            .unwrap_err();
+        let e = query_error(&client).await;
         assert_eq!(db_code(&e), Some(SqlState::CONNECTION_FAILURE), "{e:#}");
-        let e = in_tx
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(anyhow::Error::from)
-            .unwrap_err();
+        let e = query_error(&in_tx).await;
         assert_eq!(db_code(&e), Some(SqlState::CONNECTION_FAILURE), "{e:#}");
         // The failed transaction answers like Postgres until the client ends it.
-        let e = in_tx
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(anyhow::Error::from)
-            .unwrap_err();
+        let e = query_error(&in_tx).await;
         assert_eq!(
             db_code(&e),
             Some(SqlState::IN_FAILED_SQL_TRANSACTION),
@@ -184,11 +180,7 @@ fn pool_wait_timeout_gives_53300(ctx: &Ctx) -> anyhow::Result<()> {
         let waiter = proxy.client().await?;
         holder.batch_execute("BEGIN; SELECT 1").await?;
         let started = Instant::now();
-        let e = waiter
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(anyhow::Error::from)
-            .unwrap_err();
+        let e = query_error(&waiter).await;
         let waited = started.elapsed();
         assert_eq!(db_code(&e), Some(SqlState::TOO_MANY_CONNECTIONS), "{e:#}");
         assert!(

@@ -172,7 +172,11 @@ fn unnamed_statement_of_a_multiplexed_segment_stays_the_clients(ctx: &Ctx) -> an
                 .sync()
                 .finish()
         };
-        let again = Frames::new().bind("", "", &[], &[], &[]).execute("", 0).sync().finish();
+        let again = Frames::new()
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .sync()
+            .finish();
         let value = |msgs: &[(u8, bytes::Bytes)]| -> anyhow::Result<Option<String>> {
             let rows = with_tag(msgs, b'D');
             anyhow::ensure!(rows.len() == 1, "one row: {}", crate::rawclient::show(msgs));
@@ -186,13 +190,25 @@ fn unnamed_statement_of_a_multiplexed_segment_stays_the_clients(ctx: &Ctx) -> an
             client.read_until_ready().await?;
         }
         client.send(&full("SELECT 'first'::text")).await?;
-        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("first"));
+        assert_eq!(
+            value(&client.read_until_ready().await?)?.as_deref(),
+            Some("first")
+        );
         client.send(&again).await?;
-        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("first"));
+        assert_eq!(
+            value(&client.read_until_ready().await?)?.as_deref(),
+            Some("first")
+        );
         client.send(&full("SELECT 'second'::text")).await?;
-        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("second"));
+        assert_eq!(
+            value(&client.read_until_ready().await?)?.as_deref(),
+            Some("second")
+        );
         client.send(&again).await?;
-        assert_eq!(value(&client.read_until_ready().await?)?.as_deref(), Some("second"));
+        assert_eq!(
+            value(&client.read_until_ready().await?)?.as_deref(),
+            Some("second")
+        );
         Ok(())
     })
 }
