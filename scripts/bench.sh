@@ -155,6 +155,16 @@ run_one() { # round target workload clients duration
     printf '  round %s  %-9s %-9s c=%-3s tps=%-10s lat=%-8s ms  proxy_cpu=%s us/txn\n' "$1" "$workload" "$target" "$clients" "$tps" "$lat" "$cpu_us"
 }
 
+# Warm every target up (connection pools, prepared statements, shardgate's statement timings) so
+# round 1 measures the same steady state as the others.
+for target in $TARGETS; do
+    for workload in prepared simple; do
+        args="-S -M $workload"
+        # shellcheck disable=SC2086
+        pgbench -n $args -c "$CLIENTS" -j 2 -T 3 "$(conn_for "$target" "$workload")" > /dev/null 2>&1 || true
+    done
+done
+
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS"
     for workload in prepared simple tpcb; do
