@@ -1,0 +1,419 @@
+//! Client → server: frames checked and forwarded, prepared statements renamed, the answers the
+//! proxy makes up itself queued in order, and a failed transaction answered while it has no server.
+
+use super::multiplexed::MuxTry;
+use super::*;
+
+impl Session {
+    pub(super) async fn read_client(&mut self) -> Step {
+        if self.cin.capacity() - self.cin.len() < READ_CHUNK / 2 {
+            self.cin.reserve(READ_CHUNK);
+        }
+        match self.client.try_read_buf(&mut self.cin) {
+            Ok(0) => Err(End::ClientGone),
+            Ok(_) => self.on_client_data().await,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Flow::Continue),
+            Err(_) => Err(End::ClientGone),
+        }
+    }
+
+    /// Handles every whole frame in `cin`, then writes what is ready on both sides.
+    pub(super) async fn on_client_data(&mut self) -> Step {
+        if self.mux_inflight {
+            if !self.mux_out.done.get() {
+                self.mux_out.input_waiting.set(!self.cin.is_empty());
+                return Ok(Flow::Continue);
+            }
+            // Answered (perhaps written straight to the client by the multiplexed connection).
+            self.take_mux_answer();
+        }
+        let mut cin = std::mem::take(&mut self.cin);
+        let mut off = 0;
+        let result = loop {
+            if self.mux_ready() {
+                match self.try_multiplex(&cin[off..]).await {
+                    MuxTry::Submitted(len) => {
+                        off += len;
+                        break Ok(Flow::Continue);
+                    }
+                    MuxTry::Time(speed) => self.timing = Some((speed, Instant::now())),
+                    MuxTry::No => {}
+                }
+            }
+            let header = match peek_header(&cin[off..], self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break Ok(Flow::Continue),
+                Err(e) => break Err(End::from(e)),
+            };
+            if cin.len() - off < header.frame_len {
+                cin.reserve(header.frame_len - (cin.len() - off));
+                break Ok(Flow::Continue);
+            }
+            let frame = &cin[off..off + header.frame_len];
+            match self.on_client_frame(header.tag, frame).await {
+                Ok(Flow::Continue) => off += header.frame_len,
+                other => break other,
+            }
+        };
+        cin.advance(off);
+        self.cin = cin;
+        if let Ok(Flow::Continue) = result {
+            self.emit_synthetic_front();
+            self.flush_backend_now();
+            return self.flush_client();
+        }
+        result
+    }
+
+    pub(super) async fn on_client_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+        if !fe::is_known_tag(tag) {
+            return Err(ProtocolError::UnknownFrontendTag { tag }.into());
+        }
+        if tag == fe::TERMINATE {
+            return Ok(Flow::End);
+        }
+        if self.local_skip || self.server_skipping {
+            if tag == fe::SYNC {
+                self.local_skip = false;
+                self.on_sync(frame);
+            }
+            return Ok(Flow::Continue);
+        }
+        if self.failed_tx {
+            self.on_failed_tx_frame(tag, frame);
+            return Ok(Flow::Continue);
+        }
+        let body = &frame[5..];
+        match tag {
+            fe::SYNC => self.on_sync(frame),
+            fe::FLUSH => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.wbuf.extend_from_slice(frame);
+                }
+            }
+            fe::QUERY => {
+                if self.ensure_backend(true).await? {
+                    if session_state::text_may_change_session(fe::query_text(body)) {
+                        self.dirty = true;
+                    }
+                    self.conn().wbuf.extend_from_slice(frame);
+                    self.pending.push_back(Pending::SimpleQuery);
+                }
+            }
+            fe::PARSE => self.on_parse(frame).await?,
+            fe::BIND => self.on_bind(frame).await?,
+            fe::DESCRIBE => self.on_describe(frame).await?,
+            fe::CLOSE => self.on_close(frame)?,
+            fe::EXECUTE => {
+                if self.ensure_backend(false).await? {
+                    self.in_segment = true;
+                    self.conn().wbuf.extend_from_slice(frame);
+                    let copy_ends = self.copy_ends;
+                    self.pending.push_back(Pending::Execute { copy_ends });
+                }
+            }
+            fe::FUNCTION_CALL => {
+                if self.ensure_backend(true).await? {
+                    self.conn().wbuf.extend_from_slice(frame);
+                    self.pending.push_back(Pending::FunctionCall);
+                }
+            }
+            // CopyData / CopyDone / CopyFail: only meaningful while a server is in COPY.
+            _ => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.wbuf.extend_from_slice(frame);
+                    if tag != fe::COPY_DATA {
+                        self.copy_ends = self.copy_ends.wrapping_add(1);
+                    }
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub(super) fn on_sync(&mut self, frame: &[u8]) {
+        self.in_segment = false;
+        match self.backend.as_mut() {
+            Some(b) => {
+                b.wbuf.extend_from_slice(frame);
+                let copy_ends = self.copy_ends;
+                self.pending.push_back(Pending::Sync { copy_ends });
+                self.server_skipping = false;
+            }
+            None => {
+                let status = self.client_tx_status();
+                be::write_ready_for_query(&mut self.cout, status);
+            }
+        }
+    }
+
+    pub(super) async fn on_parse(&mut self, frame: &[u8]) -> Result<(), End> {
+        if !self.ensure_backend(false).await? {
+            return Ok(());
+        }
+        self.in_segment = true;
+        let (name, rest) = fe::parse_name(&frame[5..])?;
+        if name.is_empty() {
+            if session_state::text_may_change_session(fe::query_text(rest)) {
+                self.dirty = true;
+            }
+            self.unnamed_parse.clear();
+            self.unnamed_parse.extend_from_slice(frame);
+            let conn = self.conn();
+            conn.wbuf.extend_from_slice(frame);
+            let id = conn.id;
+            self.unnamed_on = Some(id);
+            self.pending.push_back(Pending::Parse {
+                stmt: None,
+                client_name: None,
+                swallow: false,
+            });
+            return Ok(());
+        }
+        if self.statements.contains_key(name) {
+            let err = SessionError::DuplicateStatement(String::from_utf8_lossy(name).into_owned());
+            self.push_local_error(err);
+            return Ok(());
+        }
+        let stmt = self.worker.shared.statements.intern(rest);
+        let client_name = Bytes::copy_from_slice(name);
+        self.statements.insert(client_name.clone(), stmt.clone());
+        let conn = self.conn();
+        if conn.prepared.contains(&stmt.id) {
+            self.pending.push_back(Pending::SynthParseComplete);
+        } else {
+            fe::write_parse(&mut conn.wbuf, &stmt.server_name, &stmt.parse_rest);
+            conn.prepared.insert(stmt.id);
+            self.pending.push_back(Pending::Parse {
+                stmt: Some(stmt.id),
+                client_name: Some(client_name),
+                swallow: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure the held connection has the statement a Bind or Describe names, injecting a Parse
+    /// whose answer is swallowed; returns the name to use on the server.
+    pub(super) fn prepare_on_conn(&mut self, client_name: &[u8]) -> Option<Bytes> {
+        if client_name.is_empty() {
+            let conn_id = self.backend.as_ref().map(|b| b.id);
+            if self.unnamed_on != conn_id && !self.unnamed_parse.is_empty() {
+                let parse = std::mem::take(&mut self.unnamed_parse);
+                self.conn().wbuf.extend_from_slice(&parse);
+                self.unnamed_parse = parse;
+                self.unnamed_on = conn_id;
+                self.pending.push_back(Pending::Parse {
+                    stmt: None,
+                    client_name: None,
+                    swallow: true,
+                });
+            }
+            return None;
+        }
+        let stmt = self.statements.get(client_name)?.clone();
+        if stmt.changes_session {
+            self.dirty = true;
+        }
+        let conn = self.conn();
+        if !conn.prepared.contains(&stmt.id) {
+            fe::write_parse(&mut conn.wbuf, &stmt.server_name, &stmt.parse_rest);
+            conn.prepared.insert(stmt.id);
+            self.pending.push_back(Pending::Parse {
+                stmt: Some(stmt.id),
+                client_name: None,
+                swallow: true,
+            });
+        }
+        Some(stmt.server_name.clone())
+    }
+
+    pub(super) async fn on_bind(&mut self, frame: &[u8]) -> Result<(), End> {
+        if !self.ensure_backend(false).await? {
+            return Ok(());
+        }
+        self.in_segment = true;
+        let (portal, stmt_name, rest) = fe::bind_statement(&frame[5..])?;
+        match self.prepare_on_conn(stmt_name) {
+            Some(server_name) => fe::write_bind(&mut self.conn().wbuf, portal, &server_name, rest),
+            // Unnamed, or a name the client never prepared: the server answers (26000 for the latter).
+            None => self.conn().wbuf.extend_from_slice(frame),
+        }
+        self.pending.push_back(Pending::Bind);
+        Ok(())
+    }
+
+    pub(super) async fn on_describe(&mut self, frame: &[u8]) -> Result<(), End> {
+        if !self.ensure_backend(false).await? {
+            return Ok(());
+        }
+        self.in_segment = true;
+        let (kind, name) = fe::target(&frame[5..])?;
+        let renamed = if kind == b'S' {
+            self.prepare_on_conn(name)
+        } else {
+            None
+        };
+        match renamed {
+            Some(server_name) => {
+                fe::write_target(&mut self.conn().wbuf, fe::DESCRIBE, kind, &server_name)
+            }
+            None => self.conn().wbuf.extend_from_slice(frame),
+        }
+        self.pending.push_back(Pending::Describe);
+        Ok(())
+    }
+
+    pub(super) fn on_close(&mut self, frame: &[u8]) -> Result<(), End> {
+        let (kind, name) = fe::target(&frame[5..])?;
+        if kind == b'S' && !name.is_empty() {
+            // The server keeps its shared copy for other clients; only the client's name goes.
+            self.statements.remove(name);
+            self.push_synthetic(Pending::SynthCloseComplete);
+            return Ok(());
+        }
+        match self.backend.as_mut() {
+            Some(b) => {
+                self.in_segment = true;
+                b.wbuf.extend_from_slice(frame);
+                self.pending.push_back(Pending::Close);
+            }
+            // No connection: no portal or unnamed statement exists on any server for this client.
+            None => {
+                if kind == b'S' {
+                    self.unnamed_parse.clear();
+                }
+                be::write_close_complete(&mut self.cout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an answer the proxy makes up, or sends it at once when nothing is owed before it.
+    pub(super) fn push_synthetic(&mut self, p: Pending) {
+        if self.backend.is_some() {
+            self.in_segment = true;
+            self.pending.push_back(p);
+        } else {
+            self.write_synthetic(p);
+        }
+    }
+
+    pub(super) fn push_local_error(&mut self, err: SessionError) {
+        let mut buf = BytesMut::new();
+        err.write_to(&mut buf);
+        self.push_synthetic(Pending::LocalError(buf.freeze()));
+        self.local_skip = true;
+    }
+
+    pub(super) fn write_synthetic(&mut self, p: Pending) {
+        match p {
+            Pending::SynthParseComplete => be::write_parse_complete(&mut self.cout),
+            Pending::SynthCloseComplete => be::write_close_complete(&mut self.cout),
+            Pending::LocalError(bytes) => self.cout.extend_from_slice(&bytes),
+            _ => unreachable!("only synthetic entries are written by the proxy"),
+        }
+    }
+
+    /// Sends the made-up answers at the front of `pending`.
+    pub(super) fn emit_synthetic_front(&mut self) {
+        while self.pending.front().is_some_and(Pending::is_synthetic) {
+            let p = self.pending.pop_front().expect("front exists");
+            self.write_synthetic(p);
+        }
+    }
+
+    /// A client in a transaction whose server connection was lost: only ROLLBACK (or COMMIT, which
+    /// Postgres also answers with ROLLBACK here) ends it; everything else gets 25P02.
+    pub(super) fn on_failed_tx_frame(&mut self, tag: u8, frame: &[u8]) {
+        let body = &frame[5..];
+        // The first error tells why the transaction failed; later ones say it has.
+        let failed = match tag {
+            fe::SYNC | fe::FLUSH | fe::CLOSE => SessionError::InFailedTransaction,
+            fe::QUERY if ends_transaction(fe::query_text(body)) => {
+                SessionError::InFailedTransaction
+            }
+            _ => self
+                .unreported_loss
+                .take()
+                .unwrap_or(SessionError::InFailedTransaction),
+        };
+        match tag {
+            fe::QUERY => {
+                if ends_transaction(fe::query_text(body)) {
+                    be::write_command_complete(&mut self.cout, "ROLLBACK");
+                    self.failed_tx = false;
+                    self.unreported_loss = None;
+                    be::write_ready_for_query(&mut self.cout, be::TX_IDLE);
+                } else {
+                    failed.write_to(&mut self.cout);
+                    be::write_ready_for_query(&mut self.cout, be::TX_FAILED);
+                }
+            }
+            fe::PARSE => {
+                let ends = fe::parse_name(body)
+                    .map(|(_, rest)| ends_transaction(fe::query_text(rest)))
+                    .unwrap_or(false);
+                if ends {
+                    self.failed_tx_rollback = true;
+                    be::write_parse_complete(&mut self.cout);
+                } else {
+                    failed.write_to(&mut self.cout);
+                    self.local_skip = true;
+                }
+            }
+            fe::BIND if self.failed_tx_rollback => {
+                self.cout.extend_from_slice(b"2\0\0\0\x04");
+            }
+            fe::DESCRIBE if self.failed_tx_rollback => {
+                self.cout.extend_from_slice(b"n\0\0\0\x04");
+            }
+            fe::EXECUTE if self.failed_tx_rollback => {
+                be::write_command_complete(&mut self.cout, "ROLLBACK");
+            }
+            fe::CLOSE => be::write_close_complete(&mut self.cout),
+            fe::SYNC => {
+                let status = if self.failed_tx_rollback {
+                    self.failed_tx = false;
+                    self.failed_tx_rollback = false;
+                    self.unreported_loss = None;
+                    be::TX_IDLE
+                } else {
+                    be::TX_FAILED
+                };
+                be::write_ready_for_query(&mut self.cout, status);
+            }
+            fe::FLUSH => {}
+            _ => {
+                failed.write_to(&mut self.cout);
+                self.local_skip = true;
+            }
+        }
+    }
+}
+
+/// Whether a statement ends a transaction block (what a client sends to leave a failed transaction).
+fn ends_transaction(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let first = text
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(first.as_str(), "ROLLBACK" | "ABORT" | "COMMIT" | "END")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_transaction;
+
+    #[test]
+    fn transaction_enders() {
+        assert!(ends_transaction(b"  rollback"));
+        assert!(ends_transaction(b"COMMIT;"));
+        assert!(ends_transaction(b"abort"));
+        assert!(!ends_transaction(b"SELECT 1"));
+        assert!(!ends_transaction(b"rollbacks"));
+    }
+}

@@ -1,0 +1,229 @@
+//! Holding a server connection: taking one (with the client's settings replayed), giving it back
+//! after reading session state back, losing it, and leaving nothing open when the client goes.
+
+use super::*;
+
+impl Session {
+    /// Takes a server connection if none is held. On failure the client gets the error (and, for a
+    /// simple query, ReadyForQuery) and `Ok(false)`: the message is dropped.
+    pub(super) async fn ensure_backend(&mut self, simple: bool) -> Result<bool, End> {
+        if self.backend.is_some() {
+            return Ok(true);
+        }
+        match self.checkout().await {
+            Ok(()) => {
+                // Time the statement from here: waiting for the pool says nothing of it.
+                if let Some((_, started)) = self.timing.as_mut() {
+                    *started = Instant::now();
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                warn!(error = %e, "no server connection for the client");
+                e.write_to(&mut self.cout);
+                if simple {
+                    let status = self.client_tx_status();
+                    be::write_ready_for_query(&mut self.cout, status);
+                } else {
+                    self.local_skip = true;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    pub(super) async fn checkout(&mut self) -> Result<(), SessionError> {
+        let conn = self.checkout_conn().await?;
+        self.cancel.set(Some(CancelTarget {
+            addr: conn.addr,
+            pid: conn.pid,
+            secret: conn.secret,
+        }));
+        self.unnamed_on = None;
+        self.backend = Some(conn);
+        Ok(())
+    }
+
+    /// A pooled connection with this client's session settings applied.
+    pub(super) async fn checkout_conn(&mut self) -> Result<Checkout, SessionError> {
+        let mut conn = self.worker.pools.get(&self.shard, self.primary).await?;
+        if !Arc::ptr_eq(&conn.settings, &self.settings) {
+            if *conn.settings != *self.settings
+                && let Some(sql) = session_state::replay_sql(&conn.settings, &self.settings)
+            {
+                match conn.run_internal(&sql).await {
+                    Ok(r) => {
+                        if let Some(e) = r.error {
+                            warn!(error = %e, "could not restore the client's settings on a server connection");
+                            conn.broken = true;
+                        }
+                    }
+                    Err(source) => {
+                        let _ = Checkout::take(conn);
+                        return Err(SessionError::BackendUnavailable {
+                            shard: self.shard.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            conn.settings = self.settings.clone();
+        }
+        Ok(conn)
+    }
+
+    /// Gives the server connection back (or closes it when it cannot be trusted).
+    pub(super) fn release(&mut self) {
+        if let Some(conn) = self.backend.take() {
+            self.cancel.set(None);
+            self.unnamed_on = None;
+            if conn.broken || conn.prepared.len() > MAX_PREPARED_PER_CONN {
+                drop(Checkout::take(conn));
+            }
+        }
+    }
+
+    /// After a transaction: read back session state if it may have changed, then give the
+    /// connection back unless the session is pinned to it.
+    pub(super) async fn maybe_release(&mut self) {
+        let Some(conn) = self.backend.as_ref() else {
+            return;
+        };
+        if self.session_mode
+            || !self.pending.is_empty()
+            || self.in_segment
+            || conn.tx_status != be::TX_IDLE
+            || !conn.wbuf.is_empty()
+            || !conn.rbuf.is_empty()
+        {
+            return;
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.capture().await;
+        }
+        if !self.pinned {
+            self.release();
+        }
+    }
+
+    /// Reads the server's view of the session (settings, pins) after a state-changing transaction.
+    pub(super) async fn capture(&mut self) {
+        let startup = self.startup_settings.clone();
+        let Some(conn) = self.backend.as_mut() else {
+            return;
+        };
+        let result = match conn.run_internal(session_state::CAPTURE_SQL).await {
+            Ok(r) if r.error.is_none() => r,
+            Ok(r) => {
+                warn!(error = ?r.error.map(|e| e.to_string()), "could not read session state; the server connection stays with this client");
+                self.pinned = true;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "lost the server connection while reading session state");
+                conn.broken = true;
+                return;
+            }
+        };
+        let captured = session_state::parse_capture(&result.rows);
+        self.pinned = captured.pins > 0;
+        let desired = session_state::with_startup_defaults(&captured.settings, &startup);
+        if let Some(sql) = session_state::replay_sql(&captured.settings, &desired) {
+            match conn.run_internal(&sql).await {
+                Ok(r) => {
+                    for (name, value) in &r.param_changes {
+                        be::write_parameter_status(
+                            &mut self.cout,
+                            name.as_bytes(),
+                            value.as_bytes(),
+                        );
+                    }
+                }
+                Err(_) => conn.broken = true,
+            }
+        }
+        let desired = Arc::new(desired);
+        conn.settings = desired.clone();
+        self.settings = desired;
+    }
+
+    /// The server connection failed: answer everything the client still waits for with an error, as
+    /// the server would have, and keep the client.
+    pub(super) fn on_backend_lost(&mut self, reason: String) {
+        let Some(conn) = self.backend.take() else {
+            return;
+        };
+        let reason = self.server_fatal.take().unwrap_or(reason);
+        self.cancel.set(None);
+        let server = conn.addr;
+        let in_tx = conn.tx_status != be::TX_IDLE;
+        drop(Checkout::take(conn));
+        warn!(%server, %reason, "lost a server connection");
+        let err = SessionError::BackendLost { server, reason };
+        let owed_ready = self.pending.iter().filter(|p| p.ends_with_ready()).count();
+        self.pending.clear();
+        self.server_skipping = false;
+        self.unnamed_on = None;
+        let status = if in_tx { be::TX_FAILED } else { be::TX_IDLE };
+        for _ in 0..owed_ready {
+            err.write_to(&mut self.cout);
+            be::write_ready_for_query(&mut self.cout, status);
+        }
+        if self.in_segment {
+            err.write_to(&mut self.cout);
+            self.local_skip = true;
+            self.in_segment = false;
+        }
+        self.failed_tx = in_tx;
+        if in_tx && owed_ready == 0 && !self.local_skip {
+            // The client sits idle in its transaction: tell it with its next statement.
+            self.unreported_loss = Some(err);
+        }
+    }
+
+    /// The client is gone: leave nothing open on the server connection.
+    pub(super) async fn finish(&mut self) {
+        let Some(mut conn) = self.backend.take() else {
+            return;
+        };
+        self.cancel.set(None);
+        let mid_request = !self.pending.is_empty() || self.in_segment || !conn.wbuf.is_empty();
+        if mid_request || conn.broken {
+            // A query may still be running: cancel it, and close the connection so the server rolls
+            // back whatever transaction it had.
+            if mid_request {
+                let (addr, pid, secret) = (conn.addr, conn.pid, conn.secret);
+                tokio::spawn(async move {
+                    let _ = crate::backend::send_cancel(addr, pid, secret).await;
+                });
+            }
+            drop(Checkout::take(conn));
+            return;
+        }
+        let cleanup = async {
+            if conn.tx_status != be::TX_IDLE {
+                let r = conn.run_internal("ROLLBACK").await?;
+                if r.error.is_some() {
+                    return Ok(false);
+                }
+            }
+            if self.pinned || (self.session_mode && self.touched) {
+                let r = conn.run_internal("DISCARD ALL").await?;
+                if r.error.is_some() {
+                    return Ok(false);
+                }
+                conn.prepared.clear();
+                conn.settings = Settings::empty();
+            }
+            Ok::<bool, crate::errors::BackendError>(conn.tx_status == be::TX_IDLE)
+        };
+        let reusable = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), cleanup).await,
+            Ok(Ok(true))
+        );
+        if !reusable {
+            drop(Checkout::take(conn));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The session loop: one task owns a client socket and, while it holds one, a pooled server connection,
+//! and moves frames between them as the bytes that arrived.
+//!
+//! Client → server: frames are read in batches, checked (known tag, length under
+//! `proxy.max_message_size`), and appended to the server connection's write buffer; only Parse, Bind,
+//! Describe and Close are looked into, to rename prepared statements (see `statements`). One write per
+//! batch. Server → client: frames are scanned by tag only; ReadyForQuery, CommandComplete, ErrorResponse
+//! and ParameterStatus update the session's view; everything else (rows, COPY data) is copied through.
+//!
+//! Transaction pooling: the server connection is taken at the first message that needs one and given
+//! back at a ReadyForQuery with status idle once nothing more is owed (`pending`), no extended-protocol
+//! segment is open, and the session is not pinned (temp tables, LISTEN, ...; see `session_state`).
+//!
+//! This file holds the session's state and its event loop; the handling is split by direction:
+//! `client` (client → server frames), `server` (server → client frames), `connection` (taking, giving
+//! back and losing a server connection) and `multiplexed` (segments pipelined on shared connections).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tracing::{debug, warn};
+
+mod client;
+mod connection;
+mod multiplexed;
+mod server;
+
+use super::listener::Worker;
+use super::multiplex::{self, MuxConn, MuxOutput, StatementSpeed};
+use super::pending::Pending;
+use super::startup::Ready;
+use super::statements::Statement;
+use crate::cancel::{CancelSlot, CancelTarget};
+use crate::config::{PoolMode, ServerAddr};
+use crate::errors::SessionError;
+use crate::pool::Checkout;
+use crate::protocol::backend as be;
+use crate::protocol::frontend as fe;
+use crate::protocol::{ProtocolError, peek_header};
+use crate::session_state::{self, Settings};
+
+/// Stop reading one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 1 << 20;
+/// Read at least this much at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// A server connection holding more shared statements than this is closed rather than pooled.
+const MAX_PREPARED_PER_CONN: usize = 2000;
+
+/// How the loop goes on after handling an event.
+enum Flow {
+    Continue,
+    End,
+}
+
+/// Why a session ends early.
+enum End {
+    /// The client closed its socket or the write failed.
+    ClientGone,
+    /// A FATAL error to report, then close.
+    Fatal(SessionError),
+}
+
+type Step = Result<Flow, End>;
+
+impl From<ProtocolError> for End {
+    fn from(e: ProtocolError) -> End {
+        End::Fatal(SessionError::Protocol(e))
+    }
+}
+
+enum Event {
+    MuxAnswer,
+    ClientReadable,
+    BackendReadable,
+    ClientWritable,
+    BackendWritable,
+    ClientError,
+    BackendError(String),
+}
+
+pub struct Session {
+    worker: Rc<Worker>,
+    /// Shared with multiplexed connections, which write answers straight to it when they can.
+    client: Rc<tokio::net::TcpStream>,
+    /// Bytes read from the client and not yet handled.
+    cin: BytesMut,
+    /// Bytes to send to the client.
+    cout: BytesMut,
+    backend: Option<Checkout>,
+    pending: VecDeque<Pending>,
+    /// The server discards messages until Sync (an error in the extended protocol).
+    server_skipping: bool,
+    /// The proxy reported an error itself and drops the client's messages until Sync.
+    local_skip: bool,
+    /// An extended-protocol segment is open (a message since the last Sync).
+    in_segment: bool,
+    /// The server connection was lost inside a transaction: the client's transaction is aborted.
+    failed_tx: bool,
+    /// In a failed transaction, the open segment is a ROLLBACK the proxy answers itself.
+    failed_tx_rollback: bool,
+    /// The loss of the server connection that failed the transaction, not yet told to the client.
+    unreported_loss: Option<SessionError>,
+    /// A FATAL error the server sent before closing; the reason given when the connection ends.
+    server_fatal: Option<String>,
+    statements: HashMap<Bytes, Arc<Statement>>,
+    /// The client's session settings (startup parameters, then what it SET).
+    settings: Arc<Settings>,
+    startup_settings: Arc<Settings>,
+    /// A statement may have changed session state: read it back before giving the connection away.
+    dirty: bool,
+    /// Session state that cannot move between connections exists: keep the connection.
+    pinned: bool,
+    /// Whether this session ever changed session state (session mode cleans up with DISCARD ALL).
+    touched: bool,
+    /// The last unnamed Parse, to re-prepare it if a later Bind lands on another connection.
+    unnamed_parse: BytesMut,
+    unnamed_on: Option<u64>,
+    cancel: Arc<CancelSlot>,
+    max_message: usize,
+    session_mode: bool,
+    shard: String,
+    primary: ServerAddr,
+    /// CopyDone and CopyFail messages the client sent so far.
+    copy_ends: u32,
+    /// Where answers to this session's multiplexed segments arrive.
+    mux_out: Rc<MuxOutput>,
+    /// A multiplexed segment of this session is in flight; the client's next frames wait for it.
+    mux_inflight: bool,
+    /// A segment being timed on an exclusive connection, to learn whether it may be multiplexed.
+    timing: Option<(Arc<StatementSpeed>, Instant)>,
+}
+
+impl Session {
+    pub fn new(worker: Rc<Worker>, ready: Ready, cancel: Arc<CancelSlot>) -> Session {
+        let config = worker.shared.config.clone();
+        Session {
+            client: Rc::new(ready.stream),
+            cin: ready.leftover,
+            cout: BytesMut::new(),
+            backend: None,
+            pending: VecDeque::new(),
+            server_skipping: false,
+            local_skip: false,
+            in_segment: false,
+            failed_tx: false,
+            failed_tx_rollback: false,
+            unreported_loss: None,
+            server_fatal: None,
+            statements: HashMap::new(),
+            settings: ready.startup_settings.clone(),
+            startup_settings: ready.startup_settings,
+            dirty: false,
+            pinned: false,
+            touched: false,
+            unnamed_parse: BytesMut::new(),
+            unnamed_on: None,
+            cancel,
+            max_message: config.proxy.max_message_size,
+            session_mode: config.proxy.pool_mode == PoolMode::Session,
+            shard: config.shards[0].name.clone(),
+            primary: config.default_primary(),
+            copy_ends: 0,
+            mux_out: Rc::new(MuxOutput::default()),
+            mux_inflight: false,
+            timing: None,
+            worker,
+        }
+    }
+
+    /// Runs the session until the client leaves or a FATAL error; then cleans up the server connection.
+    pub async fn run(mut self) {
+        let mut outcome = if self.cin.is_empty() {
+            Ok(Flow::Continue)
+        } else {
+            self.on_client_data().await
+        };
+        while let Ok(Flow::Continue) = outcome {
+            outcome = match self.next_event().await {
+                Event::MuxAnswer => self.on_mux_answer().await,
+                Event::ClientReadable => self.read_client().await,
+                Event::BackendReadable => self.read_backend().await,
+                Event::ClientWritable => self.flush_client(),
+                Event::BackendWritable => self.flush_backend_step().await,
+                Event::ClientError => Err(End::ClientGone),
+                Event::BackendError(reason) => {
+                    self.on_backend_lost(reason);
+                    self.flush_client()
+                }
+            };
+        }
+        if let Err(End::Fatal(e)) = outcome {
+            debug!(error = %e, "closing the session");
+            e.write_to(&mut self.cout);
+            self.write_out_before_close().await;
+        }
+        self.finish().await;
+    }
+
+    async fn next_event(&self) -> Event {
+        let want_client = self
+            .backend
+            .as_ref()
+            .is_none_or(|b| b.wbuf.len() < HIGH_WATER)
+            && !(self.mux_inflight && self.cin.len() >= HIGH_WATER);
+        let backend = self.backend.as_deref();
+        let want_backend = backend.is_some() && self.cout.len() < HIGH_WATER;
+        let backend_out = backend.is_some_and(|b| !b.wbuf.is_empty());
+        tokio::select! {
+            biased;
+            _ = self.mux_out.notify.notified(), if self.mux_inflight => Event::MuxAnswer,
+            r = async { backend.expect("checked").stream.readable().await }, if want_backend => match r {
+                Ok(()) => Event::BackendReadable,
+                Err(e) => Event::BackendError(e.to_string()),
+            },
+            r = self.client.readable(), if want_client => match r {
+                Ok(()) => Event::ClientReadable,
+                Err(_) => Event::ClientError,
+            },
+            r = self.client.writable(), if !self.cout.is_empty() => match r {
+                Ok(()) => Event::ClientWritable,
+                Err(_) => Event::ClientError,
+            },
+            r = async { backend.expect("checked").stream.writable().await }, if backend_out => match r {
+                Ok(()) => Event::BackendWritable,
+                Err(e) => Event::BackendError(e.to_string()),
+            },
+        }
+    }
+
+    fn conn(&mut self) -> &mut crate::backend::BackendConn {
+        self.backend.as_mut().expect("a server connection is held")
+    }
+
+    fn client_tx_status(&self) -> u8 {
+        match &self.backend {
+            Some(b) => b.tx_status,
+            None if self.failed_tx => be::TX_FAILED,
+            None => be::TX_IDLE,
+        }
+    }
+
+    /// Writes to the client what it can without waiting.
+    fn flush_client(&mut self) -> Step {
+        while !self.cout.is_empty() {
+            match self.client.try_write(&self.cout) {
+                Ok(n) => self.cout.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+        if self.cout.is_empty() {
+            self.cout.clear();
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Writes to the server what it can without waiting; a failure ends the connection.
+    fn flush_backend_now(&mut self) {
+        let Some(conn) = self.backend.as_deref_mut() else {
+            return;
+        };
+        let mut failure = None;
+        while !conn.wbuf.is_empty() {
+            match conn.stream.try_write(&conn.wbuf) {
+                Ok(n) => conn.wbuf.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            self.on_backend_lost(reason);
+        }
+    }
+
+    async fn flush_backend_step(&mut self) -> Step {
+        self.flush_backend_now();
+        self.flush_client()
+    }
+
+    async fn write_out_before_close(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.cout.is_empty() {
+            match tokio::time::timeout_at(deadline, self.client.writable()).await {
+                Ok(Ok(())) => match self.client.try_write(&self.cout) {
+                    Ok(n) => self.cout.advance(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                },
+                _ => break,
+            }
+        }
+        self.cout.clear();
+    }
+}
