@@ -12,6 +12,8 @@ mod protocol_errors;
 mod rawclient;
 mod smoke;
 mod wire;
+mod wire_copy;
+mod wire_startup;
 
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ const MODULES: &[&[Test]] = &[
     harness::TESTS,
     smoke::TESTS,
     wire::TESTS,
+    wire_copy::TESTS,
+    wire_startup::TESTS,
     pooling::TESTS,
     bad_input::TESTS,
     protocol_errors::TESTS,

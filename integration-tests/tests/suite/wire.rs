@@ -1,19 +1,18 @@
 //! The proxy is transparent on the wire: for the same requests, a client gets the same bytes through
 //! shardgate as straight from the primary (extended and simple protocol, text and binary results,
-//! pipelines with errors, named statements and portals, notices, startup parameters, COPY, large
-//! values), and real clients (tokio-postgres, psql) see the same results.
+//! pipelines with errors, named statements and portals, notices, large values), and real clients
+//! see the same results. COPY and psql are in `wire_copy`, startup and SSL in `wire_startup`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
-use futures::{SinkExt, TryStreamExt, pin_mut};
 use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER, Instance};
 
 use crate::harness::{Ctx, ProxyUnderTest, block_on, proxy_setting, tests};
 use crate::rawclient::{
-    self, Frames, GSSENC_REQUEST_CODE, Message, RawClient, SSL_REQUEST_CODE, command_tag, data_row,
-    ensure_same, ensure_same_bytes, error_field, tags, text_row, with_tag,
+    self, Frames, Message, RawClient, command_tag, data_row, ensure_same, ensure_same_bytes,
+    error_field, tags, text_row, with_tag,
 };
 
 tests![
@@ -23,18 +22,13 @@ tests![
     named_statements_and_portals,
     unnamed_statement_across_sync,
     notice_and_parameter_status,
-    startup_parameters_match_direct,
-    ssl_request_is_refused_cleanly,
-    copy_round_trip_5000_rows,
-    sync_during_copy_in_is_ignored,
-    psql_multi_statement_and_errors,
     tokio_postgres_prepared_binary,
     large_row_passes_through,
 ];
 
 /// Startup settings both connections of a comparison use, so session-dependent text (timestamptz,
 /// dates, intervals) comes out the same.
-const SESSION: &[(&str, &str)] = &[
+pub(crate) const SESSION: &[(&str, &str)] = &[
     ("application_name", "wiretest"),
     ("TimeZone", "Europe/Paris"),
     ("DateStyle", "ISO, MDY"),
@@ -42,7 +36,7 @@ const SESSION: &[(&str, &str)] = &[
 ];
 
 /// A raw client straight to the shared primary.
-async fn direct_raw(ctx: &Ctx, extra: &[(&str, &str)]) -> anyhow::Result<RawClient> {
+pub(crate) async fn direct_raw(ctx: &Ctx, extra: &[(&str, &str)]) -> anyhow::Result<RawClient> {
     RawClient::connect(
         ctx.primary()?.addr(),
         APP_USER,
@@ -55,14 +49,17 @@ async fn direct_raw(ctx: &Ctx, extra: &[(&str, &str)]) -> anyhow::Result<RawClie
 }
 
 /// A raw client through `proxy`.
-async fn proxied_raw(proxy: &ProxyUnderTest, extra: &[(&str, &str)]) -> anyhow::Result<RawClient> {
+pub(crate) async fn proxied_raw(
+    proxy: &ProxyUnderTest,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<RawClient> {
     RawClient::connect(proxy.addr(), APP_USER, APP_PASSWORD, APP_DATABASE, extra)
         .await
         .context("raw client through the proxy")
 }
 
 /// Sends `frames` on both clients and reads each up to its `ready`th ReadyForQuery.
-async fn exchange(
+pub(crate) async fn exchange(
     direct: &mut RawClient,
     proxied: &mut RawClient,
     frames: &[u8],
@@ -79,7 +76,7 @@ async fn exchange(
 }
 
 /// `postgres://app:secret@<primary>/app`, for psql straight to the primary.
-fn direct_url(ctx: &Ctx) -> anyhow::Result<String> {
+pub(crate) fn direct_url(ctx: &Ctx) -> anyhow::Result<String> {
     Ok(format!(
         "postgres://{APP_USER}:{APP_PASSWORD}@{}/{APP_DATABASE}",
         ctx.primary()?.addr()
@@ -87,9 +84,9 @@ fn direct_url(ctx: &Ctx) -> anyhow::Result<String> {
 }
 
 /// Drops the listed tables when dropped, also when the test panics.
-struct DropTables<'a> {
-    primary: &'a Instance,
-    tables: Vec<String>,
+pub(crate) struct DropTables<'a> {
+    pub(crate) primary: &'a Instance,
+    pub(crate) tables: Vec<String>,
 }
 
 impl Drop for DropTables<'_> {
@@ -106,7 +103,7 @@ impl Drop for DropTables<'_> {
 }
 
 /// Removes the listed files when dropped.
-struct RemoveFiles(Vec<PathBuf>);
+pub(crate) struct RemoveFiles(pub(crate) Vec<PathBuf>);
 
 impl Drop for RemoveFiles {
     fn drop(&mut self) {
@@ -626,528 +623,6 @@ fn notice_and_parameter_status(ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
-/// The startup ParameterStatus set and BackendKeyData equal a direct connection's with the same
-/// startup parameters, and the settings are in effect.
-fn startup_parameters_match_direct(ctx: &Ctx) -> anyhow::Result<()> {
-    block_on(async {
-        let params: &[(&str, &str)] = &[
-            ("application_name", "rawtest"),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO, DMY"),
-            ("TimeZone", "Europe/Paris"),
-        ];
-        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
-        let mut direct = direct_raw(ctx, params).await?;
-        let mut proxied = proxied_raw(&proxy, params).await?;
-        let sorted = |c: &RawClient| {
-            let mut p = c.parameters.clone();
-            p.sort();
-            p
-        };
-        let (d, p) = (sorted(&direct), sorted(&proxied));
-        let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(
-            names(&p),
-            names(&d),
-            "ParameterStatus names through the proxy vs direct"
-        );
-        let values = |v: &[(String, String)]| {
-            v.iter()
-                .filter(|(n, _)| n != "in_hot_standby")
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            values(&p),
-            values(&d),
-            "ParameterStatus values through the proxy vs direct"
-        );
-        let get = |v: &[(String, String)], name: &str| {
-            v.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
-        };
-        assert_eq!(get(&p, "DateStyle").as_deref(), Some("ISO, DMY"));
-        assert_eq!(get(&p, "TimeZone").as_deref(), Some("Europe/Paris"));
-        assert_eq!(get(&p, "application_name").as_deref(), Some("rawtest"));
-        assert_eq!(get(&p, "client_encoding").as_deref(), Some("UTF8"));
-        assert_eq!(get(&p, "session_authorization").as_deref(), Some("app"));
-        assert_eq!(direct.backend_key.as_ref().map(Bytes::len), Some(8));
-        assert_eq!(
-            proxied.backend_key.as_ref().map(Bytes::len),
-            Some(8),
-            "BackendKeyData through the proxy"
-        );
-        // The startup ends with BackendKeyData then ReadyForQuery(idle), as on the server.
-        let tail = |m: &[Message]| tags(m).trim_start_matches('S').to_string();
-        assert_eq!(
-            tail(&proxied.startup_messages),
-            tail(&direct.startup_messages)
-        );
-        assert_eq!(
-            proxied.startup_messages.last().map(|m| m.1.clone()),
-            Some(Bytes::from_static(b"I"))
-        );
-
-        // The settings are in effect for queries.
-        let q = "SHOW DateStyle; SHOW TimeZone; SELECT '01/02/2024'::date::text, \
-                 '2024-07-01 12:00:00+00'::timestamptz::text, current_setting('application_name')";
-        let (d, p) = exchange(
-            &mut direct,
-            &mut proxied,
-            &Frames::new().query(q).finish(),
-            1,
-        )
-        .await?;
-        ensure_same("settings in effect", &d, &p)?;
-        let rows: Vec<Vec<Option<String>>> = with_tag(&p, b'D')
-            .iter()
-            .map(|b| text_row(b))
-            .collect::<Result<_, _>>()?;
-        let s = |v: &str| Some(v.to_string());
-        assert_eq!(
-            rows,
-            vec![
-                vec![s("ISO, DMY")],
-                vec![s("Europe/Paris")],
-                vec![s("2024-02-01"), s("2024-07-01 14:00:00+02"), s("rawtest")],
-            ]
-        );
-        Ok(())
-    })
-}
-
-/// SSLRequest (and GSSENCRequest) get 'N' and nothing else; the startup on the same socket then
-/// works. psql with sslmode=require fails as against a server without SSL; sslmode=prefer works.
-fn ssl_request_is_refused_cleanly(ctx: &Ctx) -> anyhow::Result<()> {
-    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
-    block_on(async {
-        for codes in [
-            &[SSL_REQUEST_CODE][..],
-            &[GSSENC_REQUEST_CODE, SSL_REQUEST_CODE],
-        ] {
-            let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await?;
-            for &code in codes {
-                let answer = rawclient::encryption_request(&mut stream, code).await?;
-                assert_eq!(answer, b'N', "answer to request code {code}");
-            }
-            let mut client = RawClient::startup(stream, APP_USER, APP_PASSWORD, APP_DATABASE, &[])
-                .await
-                .with_context(|| format!("startup after encryption requests {codes:?}"))?;
-            let got = client.simple_query("SELECT 'after ssl'::text").await?;
-            assert_eq!(tags(&got), "TDCZ", "{}", rawclient::show(&got));
-            assert_eq!(
-                text_row(&with_tag(&got, b'D')[0])?,
-                vec![Some("after ssl".to_string())]
-            );
-        }
-        Ok(())
-    })?;
-
-    let args = ["-A", "-t", "-c", "SELECT 'ok'"];
-    let require = ctx.run_psql(&format!("{}?sslmode=require", proxy.url()), &args, None)?;
-    let stderr = String::from_utf8_lossy(&require.stderr);
-    assert_eq!(
-        require.status.code(),
-        Some(2),
-        "psql sslmode=require exit code; stderr: {stderr}"
-    );
-    assert!(
-        stderr.contains("server does not support SSL, but SSL was required"),
-        "stderr: {stderr}"
-    );
-    let direct = ctx.run_psql(
-        &format!("{}?sslmode=require", direct_url(ctx)?),
-        &args,
-        None,
-    )?;
-    assert_eq!(
-        direct.status.code(),
-        Some(2),
-        "the server has no SSL either"
-    );
-
-    let prefer = ctx.run_psql(&format!("{}?sslmode=prefer", proxy.url()), &args, None)?;
-    assert!(
-        prefer.status.success(),
-        "psql sslmode=prefer: {}",
-        String::from_utf8_lossy(&prefer.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&prefer.stdout), "ok\n");
-    Ok(())
-}
-
-/// 5,000 rows of COPY text with escapes, NULLs and non-ASCII.
-fn copy_rows(n: i32) -> String {
-    let mut out = String::new();
-    for i in 1..=n {
-        let line = match i % 4 {
-            0 => format!("{i}\t\\N\n"),
-            1 => format!("{i}\tplain row {i}\n"),
-            2 => format!("{i}\twith\\ttab and \\\\ backslash é {i}\n"),
-            _ => format!("{i}\tline\\nbreak ✓ {i}\n"),
-        };
-        out.push_str(&line);
-    }
-    out
-}
-
-/// Where two byte strings first differ, for a failure message that does not print megabytes.
-fn byte_diff(want: &[u8], got: &[u8]) -> String {
-    let at = want
-        .iter()
-        .zip(got)
-        .position(|(a, b)| a != b)
-        .unwrap_or(want.len().min(got.len()));
-    let around = |b: &[u8]| {
-        b[at.saturating_sub(20).min(b.len())..(at + 40).min(b.len())]
-            .escape_ascii()
-            .to_string()
-    };
-    format!(
-        "{} bytes expected, {} got; first difference at byte {at}: expected …{}…, got …{}…",
-        want.len(),
-        got.len(),
-        around(want),
-        around(got)
-    )
-}
-
-/// COPY FROM STDIN and TO STDOUT through the proxy, with tokio-postgres and with psql's \copy: what
-/// comes out is byte for byte what went in. Both halves run; a failure names each that failed.
-fn copy_round_trip_5000_rows(ctx: &Ctx) -> anyhow::Result<()> {
-    let t1 = ctx.unique("wire_copy");
-    let t2 = ctx.unique("wire_copy_psql");
-    let _cleanup = DropTables {
-        primary: ctx.primary()?,
-        tables: vec![t1.clone(), t2.clone()],
-    };
-    block_on(async {
-        let sql = format!(
-            "CREATE TABLE {t1} (id int PRIMARY KEY, v text); CREATE TABLE {t2} (id int PRIMARY KEY, v text)"
-        );
-        ctx.direct_client().await?.batch_execute(&sql).await?;
-        Ok(())
-    })?;
-    let data = copy_rows(5000);
-    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
-    let via_tokio = block_on(copy_with_tokio_postgres(ctx, &proxy, &t1, &data))
-        .context("tokio-postgres copy_in / copy_out");
-    let via_psql = copy_with_psql(ctx, &proxy, &t2, &data).context("psql \\copy");
-    match (via_tokio, via_psql) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(a), Err(b)) => Err(anyhow::anyhow!("{a:#}\n  and also: {b:#}")),
-    }
-}
-
-/// Count, sum of ids and non-NULL values of a table COPY filled with [`copy_rows`]`(5000)`, read on
-/// the primary.
-async fn check_copied(ctx: &Ctx, table: &str) -> anyhow::Result<()> {
-    let row = ctx
-        .direct_client()
-        .await?
-        .query_one(
-            &format!("SELECT count(*), sum(id), count(v) FROM {table}"),
-            &[],
-        )
-        .await?;
-    let got: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    ensure!(
-        got == (5000, 12_502_500, 3750),
-        "count, sum(id), non-null v in {table} on the primary: {got:?}, expected (5000, 12502500, 3750)"
-    );
-    Ok(())
-}
-
-async fn copy_with_tokio_postgres(
-    ctx: &Ctx,
-    proxy: &ProxyUnderTest,
-    table: &str,
-    data: &str,
-) -> anyhow::Result<()> {
-    let client = proxy.client().await?;
-    let sink = client
-        .copy_in::<_, Bytes>(&format!("COPY {table} (id, v) FROM STDIN"))
-        .await
-        .context("starting COPY FROM STDIN through the proxy")?;
-    pin_mut!(sink);
-    for chunk in data.as_bytes().chunks(8000) {
-        sink.send(Bytes::copy_from_slice(chunk))
-            .await
-            .context("sending COPY data")?;
-    }
-    let copied = sink.finish().await.context("finishing COPY FROM STDIN")?;
-    ensure!(
-        copied == 5000,
-        "COPY FROM reported {copied} rows, expected 5000"
-    );
-    check_copied(ctx, table).await?;
-
-    let stream = client
-        .copy_out(&format!(
-            "COPY (SELECT id, v FROM {table} ORDER BY id) TO STDOUT"
-        ))
-        .await
-        .context("starting COPY TO STDOUT through the proxy")?;
-    pin_mut!(stream);
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.try_next().await.context("reading COPY data")? {
-        out.extend_from_slice(&chunk);
-    }
-    ensure!(
-        out == data.as_bytes(),
-        "COPY TO STDOUT: {}",
-        byte_diff(data.as_bytes(), &out)
-    );
-    // The connection is fine afterwards.
-    let n: i64 = client.query_one("SELECT 5000::int8", &[]).await?.get(0);
-    ensure!(n == 5000, "SELECT after the COPYs gave {n}");
-    Ok(())
-}
-
-fn copy_with_psql(
-    ctx: &Ctx,
-    proxy: &ProxyUnderTest,
-    table: &str,
-    data: &str,
-) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir();
-    let src = dir.join(format!("{}.tsv", ctx.unique("wire_copy_in")));
-    let dst = dir.join(format!("{}.tsv", ctx.unique("wire_copy_out")));
-    let _files = RemoveFiles(vec![src.clone(), dst.clone()]);
-    std::fs::write(&src, data)?;
-    let copy_in = ctx.run_psql(
-        &proxy.url(),
-        &[
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("\\copy {table} FROM '{}'", src.display()),
-        ],
-        None,
-    )?;
-    let (out, err) = (
-        String::from_utf8_lossy(&copy_in.stdout),
-        String::from_utf8_lossy(&copy_in.stderr),
-    );
-    ensure!(
-        copy_in.status.success() && out == "COPY 5000\n",
-        "\\copy from: {:?}, stdout {out:?}, stderr {err:?}",
-        copy_in.status
-    );
-    let copy_out = ctx.run_psql(
-        &proxy.url(),
-        &[
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!(
-                "\\copy (SELECT id, v FROM {table} ORDER BY id) TO '{}'",
-                dst.display()
-            ),
-        ],
-        None,
-    )?;
-    let (out, err) = (
-        String::from_utf8_lossy(&copy_out.stdout),
-        String::from_utf8_lossy(&copy_out.stderr),
-    );
-    ensure!(
-        copy_out.status.success() && out == "COPY 5000\n",
-        "\\copy to: {:?}, stdout {out:?}, stderr {err:?}",
-        copy_out.status
-    );
-    let written = std::fs::read(&dst)?;
-    ensure!(
-        written == data.as_bytes(),
-        "\\copy to file: {}",
-        byte_diff(data.as_bytes(), &written)
-    );
-    block_on(check_copied(ctx, table))
-}
-
-/// Drivers (tokio-postgres among them) send Bind, Execute and Sync for COPY FROM STDIN and only
-/// then the data. The server ignores a Sync that arrives in copy-in mode, so the copy ends with one
-/// ReadyForQuery, for the Sync after CopyDone; what the client sends next in the same write must be
-/// answered as the server answers it.
-fn sync_during_copy_in_is_ignored(ctx: &Ctx) -> anyhow::Result<()> {
-    block_on(async {
-        let table = ctx.unique("wire_copy_sync");
-        let _cleanup = DropTables {
-            primary: ctx.primary()?,
-            tables: vec![table.clone()],
-        };
-        ctx.direct_client()
-            .await?
-            .batch_execute(&format!("CREATE TABLE {table} (id int, v text)"))
-            .await?;
-        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
-        let copy = format!("COPY {table} (id, v) FROM STDIN");
-        let cases = [
-            // What tokio-postgres sends when the COPY statement is dropped.
-            (
-                "Close + Sync",
-                Frames::new().close(b'S', "cp").sync(),
-                "CZ3Z",
-            ),
-            (
-                "Parse/Bind/Execute + Sync",
-                Frames::new()
-                    .parse("", "SELECT 'next'::text", &[])
-                    .bind("", "", &[], &[], &[])
-                    .execute("", 0)
-                    .sync(),
-                "CZ12DCZ",
-            ),
-            (
-                "simple Query",
-                Frames::new().query("SELECT 'next'::text"),
-                "CZTDCZ",
-            ),
-        ];
-        let mut failures = Vec::new();
-        for (what, next, want) in cases {
-            let next = next.finish();
-            let mut runs = Vec::new();
-            for mut client in [direct_raw(ctx, &[]).await?, proxied_raw(&proxy, &[]).await?] {
-                let prepare = Frames::new()
-                    .parse("cp", &copy, &[])
-                    .describe(b'S', "cp")
-                    .sync()
-                    .finish();
-                client.send(&prepare).await?;
-                let got = client.read_until_ready().await?;
-                assert_eq!(
-                    tags(&got),
-                    "1tnZ",
-                    "{what}: prepare: {}",
-                    rawclient::show(&got)
-                );
-                client
-                    .send(
-                        &Frames::new()
-                            .bind("", "cp", &[], &[], &[])
-                            .execute("", 0)
-                            .sync()
-                            .finish(),
-                    )
-                    .await?;
-                let started = vec![client.read_message().await?, client.read_message().await?];
-                assert_eq!(
-                    tags(&started),
-                    "2G",
-                    "{what}: {}",
-                    rawclient::show(&started)
-                );
-                let mut tail = Frames::new()
-                    .copy_data(b"1\tone\n2\ttwo\n")
-                    .copy_done()
-                    .sync()
-                    .finish()
-                    .to_vec();
-                tail.extend_from_slice(&next);
-                client.send(&tail).await?;
-                runs.push(
-                    client
-                        .read_until_ready_n(2)
-                        .await
-                        .with_context(|| what.to_string())?,
-                );
-            }
-            assert_eq!(
-                tags(&runs[0]),
-                want,
-                "{what}, direct: {}",
-                rawclient::show(&runs[0])
-            );
-            assert_eq!(command_tag(&with_tag(&runs[0], b'C')[0]), "COPY 2");
-            // Every case is tried, so one run reports them all.
-            if let Err(e) = ensure_same(&format!("after a COPY, {what}"), &runs[0], &runs[1]) {
-                failures.push(format!("{e:#}"));
-            }
-        }
-        ensure!(failures.is_empty(), "{}", failures.join("\n"));
-        let rows: i64 = ctx
-            .direct_client()
-            .await?
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await?
-            .get(0);
-        assert_eq!(rows, 12, "three cases, two connections, two rows each");
-        Ok(())
-    })
-}
-
-/// psql through the proxy prints exactly what it prints against the primary: multi-statement -c,
-/// an error mid-script without ON_ERROR_STOP, and an aborted transaction.
-fn psql_multi_statement_and_errors(ctx: &Ctx) -> anyhow::Result<()> {
-    let proxy = ctx.start_proxy(&ctx.default_map()?)?;
-    let direct = direct_url(ctx)?;
-
-    let args = ["-A", "-t", "-c", "SELECT 1; SELECT 2"];
-    let p = ctx.run_psql(&proxy.url(), &args, None)?;
-    let d = ctx.run_psql(&direct, &args, None)?;
-    assert_eq!(
-        String::from_utf8_lossy(&p.stderr),
-        "",
-        "psql -c stderr through the proxy"
-    );
-    assert_eq!(String::from_utf8_lossy(&p.stdout), "1\n2\n");
-    assert_eq!(p.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&d.stdout), "1\n2\n");
-
-    let script = "SELECT 1 AS one;\n\
-                  SELECT 1/0;\n\
-                  SELECT 'after error' AS still_running;\n\
-                  BEGIN;\n\
-                  SELECT 2 AS two;\n\
-                  SELECT 1/0;\n\
-                  SELECT 3 AS three;\n\
-                  ROLLBACK;\n\
-                  SELECT 'done' AS done, repeat('é', 3) AS accents;\n";
-    let p = ctx.run_psql(&proxy.url(), &[], Some(script))?;
-    let d = ctx.run_psql(&direct, &[], Some(script))?;
-    let (p_out, p_err) = (
-        String::from_utf8_lossy(&p.stdout),
-        String::from_utf8_lossy(&p.stderr),
-    );
-    let (d_out, d_err) = (
-        String::from_utf8_lossy(&d.stdout),
-        String::from_utf8_lossy(&d.stderr),
-    );
-    assert_eq!(p_err, d_err, "psql stderr through the proxy vs direct");
-    assert_eq!(p_out, d_out, "psql stdout through the proxy vs direct");
-    assert_eq!(p.status.code(), d.status.code());
-    assert_eq!(
-        p.status.code(),
-        Some(0),
-        "without ON_ERROR_STOP psql carries on"
-    );
-    assert_eq!(
-        p_err,
-        "ERROR:  division by zero\n\
-         ERROR:  division by zero\n\
-         ERROR:  current transaction is aborted, commands ignored until end of transaction block\n"
-    );
-    assert!(p_out.contains(" after error\n"), "stdout: {p_out}");
-    assert!(p_out.contains(" done | ééé\n"), "stdout: {p_out}");
-    assert!(!p_out.contains("three"), "stdout: {p_out}");
-    Ok(())
-}
-
-/// One row of [`tokio_postgres_prepared_binary`]'s statement.
-type Typed = (
-    i16,
-    i32,
-    i64,
-    f64,
-    String,
-    Vec<u8>,
-    bool,
-    Option<i32>,
-    i32,
-    i32,
-);
-
 /// A tokio-postgres prepared statement (binary parameters and results) run 10 times with different
 /// parameters gives the same rows through the proxy as directly.
 fn tokio_postgres_prepared_binary(ctx: &Ctx) -> anyhow::Result<()> {
@@ -1278,4 +753,39 @@ fn large_row_passes_through(ctx: &Ctx) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// One row of [`tokio_postgres_prepared_binary`]'s statement.
+type Typed = (
+    i16,
+    i32,
+    i64,
+    f64,
+    String,
+    Vec<u8>,
+    bool,
+    Option<i32>,
+    i32,
+    i32,
+);
+
+/// Where two byte strings first differ, for a failure message that does not print megabytes.
+pub(crate) fn byte_diff(want: &[u8], got: &[u8]) -> String {
+    let at = want
+        .iter()
+        .zip(got)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    let around = |b: &[u8]| {
+        b[at.saturating_sub(20).min(b.len())..(at + 40).min(b.len())]
+            .escape_ascii()
+            .to_string()
+    };
+    format!(
+        "{} bytes expected, {} got; first difference at byte {at}: expected …{}…, got …{}…",
+        want.len(),
+        got.len(),
+        around(want),
+        around(got)
+    )
 }
