@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER, ClusterSpec, LocalCluster};
+use shardgate::localcluster::{
+    APP_DATABASE, APP_PASSWORD, APP_USER, ClusterSpec, LocalCluster, ServerUser,
+};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The directory used when none is given, under the current directory.
@@ -25,13 +27,31 @@ pub struct DemoOptions {
     pub replicas: usize,
 }
 
+/// `./shardgate-demo`, or `<tmp>/shardgate-demo` when the servers' OS user (running as root) could
+/// not reach the current directory (a checkout under /root, say).
+fn default_dir() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let blocked = ServerUser::detect()
+        .ok()
+        .flatten()
+        .is_some_and(|user| user.blocked_at(&cwd).is_some());
+    if blocked {
+        let dir = std::env::temp_dir().join(DEFAULT_DIR);
+        println!(
+            "the `postgres` OS user cannot reach {}; using {} instead",
+            cwd.display(),
+            dir.display()
+        );
+        return Ok(dir);
+    }
+    Ok(cwd.join(DEFAULT_DIR))
+}
+
 /// Starts the cluster and the proxy, prints how to connect, and waits for Ctrl-C or SIGTERM.
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let dir = match opts.dir {
         Some(dir) => dir,
-        None => std::env::current_dir()
-            .context("reading the current directory")?
-            .join(DEFAULT_DIR),
+        None => default_dir()?,
     };
     let spec = ClusterSpec {
         shards: opts.shards,
