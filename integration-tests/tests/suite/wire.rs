@@ -24,6 +24,7 @@ tests![
     notice_and_parameter_status,
     tokio_postgres_prepared_binary,
     large_row_passes_through,
+    function_call_is_answered_like_the_server,
 ];
 
 /// Startup settings both connections of a comparison use, so session-dependent text (timestamptz,
@@ -788,4 +789,39 @@ pub(crate) fn byte_diff(want: &[u8], got: &[u8]) -> String {
         around(want),
         around(got)
     )
+}
+
+/// A FunctionCall ('F', what libpq's `PQfn` and large-object calls send) is forwarded and answered as
+/// the server answers it: `int4pl(2, 40)` in binary, and an unknown function OID's error.
+fn function_call_is_answered_like_the_server(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.default_map()?)?;
+        let mut direct = direct_raw(ctx, SESSION).await?;
+        let mut proxied = proxied_raw(&proxy, SESSION).await?;
+        let call = |oid: i32| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&oid.to_be_bytes());
+            body.extend_from_slice(&1i16.to_be_bytes()); // one argument format code:
+            body.extend_from_slice(&1i16.to_be_bytes()); // binary for all
+            body.extend_from_slice(&2i16.to_be_bytes()); // two arguments
+            for v in [2i32, 40] {
+                body.extend_from_slice(&4i32.to_be_bytes());
+                body.extend_from_slice(&v.to_be_bytes());
+            }
+            body.extend_from_slice(&1i16.to_be_bytes()); // binary result
+            let mut frame = vec![b'F'];
+            frame.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+            frame.extend_from_slice(&body);
+            frame
+        };
+        // 177 is int4pl in pg_proc.
+        let (d, p) = exchange(&mut direct, &mut proxied, &call(177), 1).await?;
+        ensure_same("FunctionCall int4pl", &d, &p)?;
+        assert_eq!(tags(&p), "VZ");
+        assert_eq!(&p[0].1[..], &[0, 0, 0, 4, 0, 0, 0, 42][..]);
+        let (d, p) = exchange(&mut direct, &mut proxied, &call(0), 1).await?;
+        assert_eq!(tags(&p), "EZ");
+        assert_eq!(error_field(&p[0].1, b'C'), error_field(&d[0].1, b'C'));
+        Ok(())
+    })
 }
