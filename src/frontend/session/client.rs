@@ -6,12 +6,20 @@ use super::*;
 
 impl Session {
     pub(super) async fn read_client(&mut self) -> Step {
-        if self.cin.capacity() - self.cin.len() < READ_CHUNK / 2 {
-            self.cin.reserve(READ_CHUNK);
+        // Small reads for small messages (an idle client keeps a few kB), doubling while reads fill
+        // the buffer (a COPY stream gets large reads).
+        if self.cin.capacity() - self.cin.len() < self.read_chunk / 2 {
+            self.cin.reserve(self.read_chunk);
         }
+        let spare = self.cin.capacity() - self.cin.len();
         match self.client.try_read_buf(&mut self.cin) {
             Ok(0) => Err(End::ClientGone),
-            Ok(_) => self.on_client_data().await,
+            Ok(n) => {
+                if n == spare && self.read_chunk < READ_CHUNK {
+                    self.read_chunk *= 2;
+                }
+                self.on_client_data().await
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Flow::Continue),
             Err(_) => Err(End::ClientGone),
         }
@@ -56,6 +64,11 @@ impl Session {
             }
         };
         cin.advance(off);
+        if cin.is_empty() && cin.capacity() > KEEP_BUFFER {
+            // A big message went through: do not keep its buffer for an idle client.
+            cin = BytesMut::new();
+            self.read_chunk = CLIENT_READ_MIN;
+        }
         self.cin = cin;
         if let Ok(Flow::Continue) = result {
             self.emit_synthetic_front();

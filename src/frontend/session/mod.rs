@@ -45,8 +45,12 @@ use crate::session_state::{self, Settings};
 
 /// Stop reading one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 1 << 20;
-/// Read at least this much at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Reads from a server take this much at a time; reads from a client start at `CLIENT_READ_MIN`
+/// and grow to this while they fill the buffer.
+const READ_CHUNK: usize = 64 * 1024;
+const CLIENT_READ_MIN: usize = 2 * 1024;
+/// A buffer left larger than this by a big message is freed once empty, so idle clients stay small.
+const KEEP_BUFFER: usize = 64 * 1024;
 /// A server connection holding more shared statements than this is closed rather than pooled.
 const MAX_PREPARED_PER_CONN: usize = 2000;
 
@@ -126,6 +130,8 @@ pub struct Session {
     primary: ServerAddr,
     /// CopyDone and CopyFail messages the client sent so far.
     copy_ends: u32,
+    /// How much the next client read may take (see `read_client`).
+    read_chunk: usize,
     /// Where answers to this session's multiplexed segments arrive.
     mux_out: Rc<MuxOutput>,
     /// A multiplexed segment of this session is in flight; the client's next frames wait for it.
@@ -139,7 +145,12 @@ impl Session {
         let config = worker.shared.config.clone();
         Session {
             client: Rc::new(ready.stream),
-            cin: ready.leftover,
+            // pgwire's read buffer, only if it holds bytes (else its 8 kB would stay with an idle client).
+            cin: if ready.leftover.is_empty() {
+                BytesMut::new()
+            } else {
+                ready.leftover
+            },
             cout: BytesMut::new(),
             backend: None,
             pending: VecDeque::new(),
@@ -164,6 +175,7 @@ impl Session {
             shard: config.shards[0].name.clone(),
             primary: config.default_primary(),
             copy_ends: 0,
+            read_chunk: CLIENT_READ_MIN,
             mux_out: Rc::new(MuxOutput::default()),
             mux_inflight: false,
             timing: None,
@@ -254,6 +266,9 @@ impl Session {
         }
         if self.cout.is_empty() {
             self.cout.clear();
+            if self.cout.capacity() > KEEP_BUFFER {
+                self.cout = BytesMut::new();
+            }
         }
         Ok(Flow::Continue)
     }
