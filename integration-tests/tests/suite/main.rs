@@ -13,6 +13,7 @@ mod rawclient;
 mod smoke;
 mod wire;
 mod wire_copy;
+mod wire_messages;
 mod wire_startup;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ const MODULES: &[&[Test]] = &[
     smoke::TESTS,
     wire::TESTS,
     wire_copy::TESTS,
+    wire_messages::TESTS,
     wire_startup::TESTS,
     pooling::TESTS,
     bad_input::TESTS,
