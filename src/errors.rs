@@ -67,11 +67,6 @@ pub enum BackendError {
     },
     #[error("server {addr} closed the connection")]
     Closed { addr: ServerAddr },
-    #[error("server {addr} answered with an error: {error}")]
-    Query {
-        addr: ServerAddr,
-        error: ServerError,
-    },
 }
 
 /// An error a client session reports. Each variant knows its SQLSTATE and whether the session can go on.

@@ -354,6 +354,27 @@ impl BackendConn {
         }
     }
 
+    /// Makes this server session carry `settings` (replaying the difference with `set_config`/
+    /// `RESET`). `Ok(Some(error))` when the server refused a setting: the connection's state is then
+    /// unknown and it is marked broken, so it is never reused.
+    pub async fn apply_settings(
+        &mut self,
+        settings: &Arc<Settings>,
+    ) -> Result<Option<ServerError>, BackendError> {
+        if Arc::ptr_eq(&self.settings, settings) {
+            return Ok(None);
+        }
+        if *self.settings != **settings
+            && let Some(sql) = crate::session_state::replay_sql(&self.settings, settings)
+            && let Some(error) = self.run_internal(&sql).await?.error
+        {
+            self.broken = true;
+            return Ok(Some(error));
+        }
+        self.settings = settings.clone();
+        Ok(None)
+    }
+
     /// True when the server has sent something while the connection sat idle in the pool: that is
     /// either end-of-file or an unsolicited FATAL error, so the connection is dead.
     pub fn is_dead_while_idle(&mut self) -> bool {

@@ -59,7 +59,6 @@ struct UserSecret {
     /// Cleartext password, or a Postgres md5 hash (`md5` + 32 hex); empty when only a verifier is known.
     password: String,
     scram: ScramVerifier,
-    admin: bool,
 }
 
 /// The users who may connect, with precomputed SCRAM secrets.
@@ -103,14 +102,7 @@ impl Credentials {
                 } else {
                     u.password.clone()
                 };
-                (
-                    u.name.clone(),
-                    UserSecret {
-                        password,
-                        scram,
-                        admin: u.admin,
-                    },
-                )
+                (u.name.clone(), UserSecret { password, scram })
             })
             .collect();
         Credentials { users }
@@ -118,10 +110,6 @@ impl Credentials {
 
     pub fn knows(&self, user: &str) -> bool {
         self.users.contains_key(user)
-    }
-
-    pub fn is_admin(&self, user: &str) -> bool {
-        self.users.get(user).is_some_and(|u| u.admin)
     }
 
     fn secret(&self, login: &LoginInfo) -> PgWireResult<&UserSecret> {

@@ -23,7 +23,6 @@ use crate::pool::Pools;
 /// One event-loop thread's share of the proxy. It lives on its thread (`Rc`), so sessions share
 /// its multiplexed connections without locks.
 pub struct Worker {
-    pub index: usize,
     pub shared: Arc<Shared>,
     pub pools: Pools,
     /// Sessions running on this worker.
@@ -59,13 +58,6 @@ impl ProxyHandle {
     /// Stops accepting, ends every session and joins the worker threads.
     pub fn stop(mut self) {
         self.stop_inner();
-    }
-
-    /// Blocks until the proxy stops (it stops only when `stop` is called from elsewhere or on error).
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 
     fn stop_inner(&mut self) {
@@ -114,7 +106,6 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                         .multiplex_connections
                         .min(pools.per_worker() / 4);
                     let worker = Worker {
-                        index,
                         pools,
                         mux: RefCell::new(Vec::new()),
                         mux_limit,

@@ -139,7 +139,7 @@ async fn startup(
     };
     let result = authenticate(worker, &mut framed, &startup, too_many).await;
     let (user, startup_settings) = match result {
-        Ok(v) => v,
+        Ok((user, settings)) => (user, Arc::new(settings)),
         Err(e) => {
             let _ = fatal(&mut framed, &e).await;
             return Err(e);
@@ -175,7 +175,7 @@ async fn startup(
         stream,
         leftover: parts.read_buf,
         user,
-        startup_settings: Arc::new(startup_settings),
+        startup_settings,
     }))
 }
 
@@ -274,7 +274,7 @@ async fn authenticate(
 /// The ParameterStatus values for `settings`: from the cache, or by applying them on a real server.
 async fn startup_params(
     worker: &Worker,
-    settings: &Settings,
+    settings: &Arc<Settings>,
 ) -> Result<Arc<ServerParams>, SessionError> {
     let shared = &worker.shared;
     if let Some(p) = shared
@@ -292,22 +292,16 @@ async fn startup_params(
         shard: shard.clone(),
         source: e,
     };
-    if let Some(sql) = session_state::replay_sql(&conn.settings, settings) {
-        let r = conn.run_internal(&sql).await.map_err(lost)?;
-        if let Some(error) = r.error {
-            // The settings of this connection are now unknown: do not reuse it.
-            conn.broken = true;
-            let _ = crate::pool::Checkout::take(conn);
-            return Err(SessionError::StartupSettingRejected(error));
-        }
-        conn.settings = Arc::new(settings.clone());
+    if let Some(error) = conn.apply_settings(settings).await.map_err(lost)? {
+        let _ = crate::pool::Checkout::take(conn);
+        return Err(SessionError::StartupSettingRejected(error));
     }
     let params = Arc::new(conn.params.clone());
     let mut cache = shared.startup_params.lock().expect("startup params lock");
     if cache.len() > 1024 {
         cache.clear();
     }
-    cache.insert(settings.clone(), params.clone());
+    cache.insert(Settings::clone(settings), params.clone());
     Ok(params)
 }
 

@@ -41,7 +41,7 @@ pub const APP_PASSWORD: &str = "secret";
 pub const APP_DATABASE: &str = "app";
 
 /// The end (exclusive) of the hash space that shard ranges cover: `[0, 2^32)`.
-pub const HASH_SPACE_END: u64 = 1 << 32;
+pub use crate::config::HASH_SPACE_END;
 
 /// Its presence says the directory was made by a local cluster, so a later run may wipe it.
 const MARKER: &str = ".shardgate-local-cluster";

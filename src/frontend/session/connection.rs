@@ -47,29 +47,21 @@ impl Session {
     /// A pooled connection with this client's session settings applied.
     pub(super) async fn checkout_conn(&mut self) -> Result<Checkout, SessionError> {
         let mut conn = self.worker.pools.get(&self.shard, self.primary).await?;
-        if !Arc::ptr_eq(&conn.settings, &self.settings) {
-            if *conn.settings != *self.settings
-                && let Some(sql) = session_state::replay_sql(&conn.settings, &self.settings)
-            {
-                match conn.run_internal(&sql).await {
-                    Ok(r) => {
-                        if let Some(e) = r.error {
-                            warn!(error = %e, "could not restore the client's settings on a server connection");
-                            conn.broken = true;
-                        }
-                    }
-                    Err(source) => {
-                        let _ = Checkout::take(conn);
-                        return Err(SessionError::BackendUnavailable {
-                            shard: self.shard.clone(),
-                            source,
-                        });
-                    }
-                }
+        match conn.apply_settings(&self.settings).await {
+            Ok(None) => Ok(conn),
+            // The setting was accepted once; the client goes on, the connection is not reused.
+            Ok(Some(e)) => {
+                warn!(error = %e, "could not restore the client's settings on a server connection");
+                Ok(conn)
             }
-            conn.settings = self.settings.clone();
+            Err(source) => {
+                let _ = Checkout::take(conn);
+                Err(SessionError::BackendUnavailable {
+                    shard: self.shard.clone(),
+                    source,
+                })
+            }
         }
-        Ok(conn)
     }
 
     /// Gives the server connection back (or closes it when it cannot be trusted).
