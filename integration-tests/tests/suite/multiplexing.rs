@@ -192,26 +192,17 @@ fn unnamed_statement_of_a_multiplexed_segment_stays_the_clients(ctx: &Ctx) -> an
             client.send(&full("SELECT 'second'::text")).await?;
             client.read_until_ready().await?;
         }
-        client.send(&full("SELECT 'first'::text")).await?;
-        assert_eq!(
-            value(&client.read_until_ready().await?)?.as_deref(),
-            Some("first")
-        );
-        client.send(&again).await?;
-        assert_eq!(
-            value(&client.read_until_ready().await?)?.as_deref(),
-            Some("first")
-        );
-        client.send(&full("SELECT 'second'::text")).await?;
-        assert_eq!(
-            value(&client.read_until_ready().await?)?.as_deref(),
-            Some("second")
-        );
-        client.send(&again).await?;
-        assert_eq!(
-            value(&client.read_until_ready().await?)?.as_deref(),
-            Some("second")
-        );
+        // A full segment, then the unnamed statement alone: both answer with the last text parsed.
+        for (sql, want) in [
+            ("SELECT 'first'::text", "first"),
+            ("SELECT 'second'::text", "second"),
+        ] {
+            for frames in [full(sql), again.clone()] {
+                client.send(&frames).await?;
+                let got = value(&client.read_until_ready().await?)?;
+                assert_eq!(got.as_deref(), Some(want), "after parsing {sql:?}");
+            }
+        }
         Ok(())
     })
 }

@@ -74,6 +74,22 @@ pub(crate) async fn exchange(
     Ok((d, p))
 }
 
+/// Sends `frames` both ways and returns the exact bytes of each answer, up to ReadyForQuery.
+pub(crate) async fn exchange_bytes(
+    direct: &mut RawClient,
+    proxied: &mut RawClient,
+    frames: &[u8],
+) -> anyhow::Result<(Bytes, Bytes)> {
+    direct.send(frames).await?;
+    let d = direct.raw_bytes_until_ready().await.context("direct")?;
+    proxied.send(frames).await?;
+    let p = proxied
+        .raw_bytes_until_ready()
+        .await
+        .context("through the proxy")?;
+    Ok((d, p))
+}
+
 /// `postgres://app:secret@<primary>/app`, for psql straight to the primary.
 pub(crate) fn direct_url(ctx: &Ctx) -> anyhow::Result<String> {
     Ok(format!(
@@ -168,13 +184,7 @@ fn result_bytes_identical_text_and_binary(ctx: &Ctx) -> anyhow::Result<()> {
                 .execute("", 0)
                 .sync()
                 .finish();
-            direct.send(&frames).await?;
-            let d = direct.raw_bytes_until_ready().await.context("direct")?;
-            proxied.send(&frames).await?;
-            let p = proxied
-                .raw_bytes_until_ready()
-                .await
-                .context("through the proxy")?;
+            let (d, p) = exchange_bytes(&mut direct, &mut proxied, &frames).await?;
             ensure_same_bytes(&format!("{name} results"), &d, &p)?;
 
             let msgs = rawclient::split_frames(&p);
@@ -251,13 +261,7 @@ fn simple_protocol_bytes_identical(ctx: &Ctx) -> anyhow::Result<()> {
              INSERT INTO {table} VALUES (1, 'one'), (2, 'two'); SELECT 1/0"
         );
         let frames = Frames::new().query(&sql).finish();
-        direct.send(&frames).await?;
-        let d = direct.raw_bytes_until_ready().await.context("direct")?;
-        proxied.send(&frames).await?;
-        let p = proxied
-            .raw_bytes_until_ready()
-            .await
-            .context("through the proxy")?;
+        let (d, p) = exchange_bytes(&mut direct, &mut proxied, &frames).await?;
         ensure_same_bytes("multi-statement Query", &d, &p)?;
 
         let msgs = rawclient::split_frames(&p);
