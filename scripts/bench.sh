@@ -5,9 +5,12 @@
 #   ROUNDS=6 DURATION=10 scripts/bench.sh
 #   PGBOUNCER=1 scripts/bench.sh          # also PgBouncer (apt-get install -y pgbouncer), same rounds
 #
-# It starts `shardgate demo` (one shard: a primary and a streaming replica) under a temp dir, loads
+# It starts `shardgate demo` (one shard: a primary and two streaming replicas) under a temp dir, loads
 # pgbench data into the primary, then for each round runs every workload directly against the primary
-# and through shardgate (and PgBouncer) back to back. It prints per workload the median tps and
+# and through shardgate (and PgBouncer) back to back. Through shardgate the select-only workloads
+# are reads balanced over the two replicas (round robin). The `rw` workload (an autocommit UPDATE,
+# then a SELECT of the same row) also runs through a second shardgate with read-your-writes off
+# (`shardgate_noryw`): the difference is what read-your-writes costs. It prints per workload the median tps and
 # latency of each target, the ratio target/direct, the proxy's CPU per transaction (from
 # /proc/PID/stat), the latency shardgate adds at 1 client, and shardgate's peak RSS (VmHWM).
 # This is a benchmark, not a test: numbers move 10-30 % between runs on a 2-core machine.
@@ -31,6 +34,7 @@ DEMO_PID=""
 BOUNCER_PID=""
 cleanup() {
     [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+    [ -n "${NORYW_PID:-}" ] && kill "$NORYW_PID" 2>/dev/null || true
     if [ -n "$DEMO_PID" ]; then
         kill -INT "$DEMO_PID" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
@@ -39,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-SHARDGATE_LOG=warn "$BIN" demo --dir "$WORK/cluster" --listen "127.0.0.1:$PORT" --shards 1 --replicas 1 \
+SHARDGATE_LOG=warn "$BIN" demo --dir "$WORK/cluster" --listen "127.0.0.1:$PORT" --shards 1 --replicas 2 \
     > "$WORK/demo.out" 2> "$WORK/demo.err" &
 DEMO_PID=$!
 for _ in $(seq 1 600); do
@@ -63,6 +67,22 @@ if [ "$(id -u)" = 0 ]; then AS_PG="runuser -u postgres --"; else AS_PG=""; fi
 $AS_PG "$PGBIN/pg_ctl" -D "$WORK/cluster/s0-primary" -w -t 60 restart -m fast > /dev/null
 echo "loading pgbench scale $SCALE into the primary (port $PPORT)..."
 pgbench -i -q -s "$SCALE" "$DIRECT" > /dev/null 2>&1
+
+# The same cluster behind a second shardgate, read-your-writes off.
+NPORT=$((PORT + 2))
+SHARDGATE_LOG=warn SHARDGATE_PROXY__LISTEN="127.0.0.1:$NPORT" SHARDGATE_ROUTING__READ_YOUR_WRITES=false \
+    "$BIN" run --config "$MAP" > "$WORK/noryw.out" 2>&1 &
+NORYW_PID=$!
+for _ in $(seq 1 50); do
+    psql -X -q "host=127.0.0.1 port=$NPORT user=app dbname=app" -c "SELECT 1" > /dev/null 2>&1 && break
+    sleep 0.1
+done
+RW_SCRIPT=$WORK/rw.sql
+cat > "$RW_SCRIPT" <<EOF
+\set aid random(1, 100000 * $SCALE)
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+EOF
 
 TARGETS="direct shardgate"
 if [ "$PGBOUNCER" = 1 ]; then
@@ -107,12 +127,14 @@ conn_for() { # target workload
     case $1 in
         direct) echo "$DIRECT" ;;
         shardgate) echo "$PROXY" ;;
+        shardgate_noryw) echo "host=127.0.0.1 port=$NPORT user=app dbname=app" ;;
         pgbouncer) if [ "$2" = prepared ]; then echo "host=127.0.0.1 port=$BPORT user=app dbname=app_session"; else echo "host=127.0.0.1 port=$BPORT user=app dbname=app"; fi ;;
     esac
 }
 pid_for() {
     case $1 in
         shardgate) echo "$DEMO_PID" ;;
+        shardgate_noryw) echo "$NORYW_PID" ;;
         # As root it runs under runuser: its own PID is runuser's child.
         pgbouncer) pgrep -x -P "$BOUNCER_PID" pgbouncer || echo "$BOUNCER_PID" ;;
         *) echo "" ;;
@@ -132,6 +154,7 @@ run_one() { # round target workload clients duration
         prepared) args="-S -M prepared" ;;
         simple) args="-S -M simple" ;;
         tpcb) args="-M simple" ;;
+        rw) args="-M prepared -f $RW_SCRIPT" ;;
     esac
     pid=$(pid_for "$target")
     before=$(cpu_ticks "$pid")
@@ -172,6 +195,9 @@ for round in $(seq 1 "$ROUNDS"); do
             run_one "$round" "$target" "$workload" "$CLIENTS" "$DURATION"
         done
     done
+    for target in direct shardgate shardgate_noryw; do
+        run_one "$round" "$target" rw "$CLIENTS" "$DURATION"
+    done
     for target in $TARGETS; do
         run_one "$round" "$target" prepared 1 "$((DURATION / 2 > 2 ? DURATION / 2 : 2))"
     done
@@ -181,12 +207,14 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) {print 0} else if (NR%2) {p
 echo
 echo "medians over $ROUNDS rounds (pgbench -j 2, ${DURATION}s runs, scale $SCALE):"
 printf '%-9s %-3s %-10s %12s %10s %9s %14s\n' workload c target tps lat_ms x_direct proxy_us/txn
-for workload in prepared simple tpcb; do
+for workload in prepared simple tpcb rw; do
     for clients in "$CLIENTS" 1; do
         [ "$clients" = 1 ] && [ "$workload" != prepared ] && continue
+        targets=$TARGETS
+        [ "$workload" = rw ] && targets="direct shardgate shardgate_noryw"
         d=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $4}' "$RESULTS" | median)
         dl=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $5}' "$RESULTS" | median)
-        for target in $TARGETS; do
+        for target in $targets; do
             t=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $4}' "$RESULTS" | median)
             l=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $5}' "$RESULTS" | median)
             cpu=$(awk -v w="$workload" -v c="$clients" -v x="$target" '$1==w && $2==c && $3==x {print $6}' "$RESULTS" | median)

@@ -108,6 +108,18 @@ pub enum SessionError {
     AuthFailed(String),
     #[error("server refused a startup setting: {0}")]
     StartupSettingRejected(ServerError),
+    #[error("invalid value for parameter \"shardgate.{name}\": \"{value}\"")]
+    InvalidShardgateValue {
+        name: String,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("unrecognized configuration parameter \"shardgate.{0}\"")]
+    UnknownShardgateSetting(String),
+    #[error("{0}")]
+    ShardgateCommand(String),
+    #[error("the PROXY protocol header is missing or malformed: {0}")]
+    ProxyProtocol(String),
 }
 
 impl SessionError {
@@ -129,6 +141,10 @@ impl SessionError {
             SessionError::Replication => "0A000",
             SessionError::UnsupportedProtocol { .. } => "0A000",
             SessionError::TooManyClients => "53300",
+            SessionError::InvalidShardgateValue { .. } => "22023",
+            SessionError::UnknownShardgateSetting(_) => "42704",
+            SessionError::ShardgateCommand(_) => "0A000",
+            SessionError::ProxyProtocol(_) => "08P01",
             SessionError::StartupSettingRejected(e) => {
                 // Postgres's own code (22023 invalid_parameter_value, ...) is the right one here.
                 match crate::protocol::backend::error_field(&e.body, b'C') {
@@ -157,6 +173,10 @@ impl SessionError {
                 Some("the transaction, if any, was rolled back; retry it")
             }
             SessionError::UnknownUser(_) => Some("add the user to [[users]] in the shard map"),
+            SessionError::InvalidShardgateValue { allowed, .. } => Some(allowed),
+            SessionError::UnknownShardgateSetting(_) => {
+                Some("shardgate answers SET/SHOW/RESET of: shardgate.target")
+            }
             SessionError::UnknownDatabase(_) => {
                 Some("connect to the database named by backend.database in the shard map")
             }
@@ -178,6 +198,7 @@ impl SessionError {
                 | SessionError::UnsupportedProtocol { .. }
                 | SessionError::TooManyClients
                 | SessionError::StartupSettingRejected(_)
+                | SessionError::ProxyProtocol(_)
         )
     }
 

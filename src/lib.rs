@@ -31,9 +31,12 @@ pub mod cancel;
 pub mod config;
 pub mod errors;
 pub mod frontend;
+pub mod health;
 pub mod localcluster;
 pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod session_state;
+pub mod topology;
 
 pub use frontend::listener::{ProxyHandle, start};

@@ -177,28 +177,38 @@ fn demo_runs_a_cluster_and_stops_it() {
     let map = std::fs::read_to_string(cluster_dir.join("shard-map.toml")).unwrap();
     assert_eq!(map.matches("[[shards]]").count(), 2, "{map}");
 
-    let out = Command::new("psql")
-        .arg(format!("postgres://app:secret@127.0.0.1:{port}/app"))
-        .args([
-            "-X",
-            "-At",
-            "-c",
+    // A read is answered by a replica, a statement marked for the primary by the primary.
+    for (sql, recovery_expected, role) in [
+        (
             "SELECT pg_is_in_recovery(), inet_server_port()",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (recovery, server_port) = stdout.trim().split_once('|').unwrap();
-    assert_eq!(recovery, "f", "answered by a primary");
-    assert!(
-        map.contains(&format!("primary = \"127.0.0.1:{server_port}\"")),
-        "{map}"
-    );
+            "t",
+            "replicas = [",
+        ),
+        (
+            "/* shardgate: primary */ SELECT pg_is_in_recovery(), inet_server_port()",
+            "f",
+            "primary = ",
+        ),
+    ] {
+        let out = Command::new("psql")
+            .arg(format!("postgres://app:secret@127.0.0.1:{port}/app"))
+            .args(["-X", "-At", "-c", sql])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (recovery, server_port) = stdout.trim().split_once('|').unwrap();
+        assert_eq!(recovery, recovery_expected, "{sql}");
+        let line = map
+            .lines()
+            .find(|l| l.contains(&format!("127.0.0.1:{server_port}\"")))
+            .unwrap_or_else(|| panic!("port {server_port} is not in the map: {map}"));
+        assert!(line.starts_with(role), "{sql}: answered by {line}");
+    }
 
     // The postmasters the demo started, by the PIDs in their data directories.
     let pids: Vec<i32> = std::fs::read_dir(&cluster_dir)

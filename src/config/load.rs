@@ -102,7 +102,41 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     if c.backend.database.is_empty() {
         return Err(ConfigError::invalid("backend.database", "is empty"));
     }
+    validate_routing(c)?;
     validate_shards(c)
+}
+
+fn validate_routing(c: &Config) -> Result<(), ConfigError> {
+    for (i, a) in c.proxy.proxy_protocol_from.iter().enumerate() {
+        a.trim().parse::<std::net::IpAddr>().map_err(|_| {
+            ConfigError::invalid(
+                format!("proxy.proxy_protocol_from[{i}]"),
+                format!("\"{a}\" is not an IP address (write the load balancer's address, like \"10.0.0.5\")"),
+            )
+        })?;
+    }
+    for (i, f) in c.routing.write_functions.iter().enumerate() {
+        if f.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("routing.write_functions[{i}]"),
+                "is empty: give a function name",
+            ));
+        }
+    }
+    let h = &c.health;
+    if h.interval.is_zero() {
+        return Err(ConfigError::invalid("health.interval", "must be above 0"));
+    }
+    if h.timeout.is_zero() {
+        return Err(ConfigError::invalid("health.timeout", "must be above 0"));
+    }
+    if h.ban_after == 0 {
+        return Err(ConfigError::invalid(
+            "health.ban_after",
+            "must be at least 1 (failed probes in a row before a server is banned)",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_shards(c: &Config) -> Result<(), ConfigError> {
@@ -133,9 +167,18 @@ fn validate_shards(c: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
-        resolve(&s.primary).map_err(|p| ConfigError::invalid(format!("{key}.primary"), p))?;
+        resolve(s.primary.addr()).map_err(|p| ConfigError::invalid(format!("{key}.primary"), p))?;
+        let mut seen = HashSet::new();
+        seen.insert(resolve(s.primary.addr()).expect("checked above"));
         for (j, r) in s.replicas.iter().enumerate() {
-            resolve(r).map_err(|p| ConfigError::invalid(format!("{key}.replicas[{j}]"), p))?;
+            let addr = resolve(r.addr())
+                .map_err(|p| ConfigError::invalid(format!("{key}.replicas[{j}]"), p))?;
+            if !seen.insert(addr) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.replicas[{j}]"),
+                    format!("{addr} is listed twice in shard \"{}\"", s.name),
+                ));
+            }
         }
     }
     // The ranges must tile the hash space exactly.
@@ -193,7 +236,7 @@ impl Config {
     /// The primary of the shard every statement goes to until sharding is routed (issue 4): the first
     /// shard listed.
     pub fn default_primary(&self) -> ServerAddr {
-        ServerAddr(resolve(&self.shards[0].primary).expect("validated at load"))
+        ServerAddr(resolve(self.shards[0].primary.addr()).expect("validated at load"))
     }
 
     /// The number of event-loop threads to run.

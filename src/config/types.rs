@@ -15,6 +15,10 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub backend: BackendConfig,
     #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
     pub shards: Vec<ShardConfig>,
 }
 
@@ -56,6 +60,10 @@ pub struct ProxyConfig {
     /// Server connections per worker that pipeline short statements of many clients (see
     /// `frontend::multiplex`); 0 turns multiplexing off. Taken from `pool_size`.
     pub multiplex_connections: usize,
+    /// Every connection must start with a PROXY protocol v1/v2 header (from a TCP load balancer).
+    pub proxy_protocol: bool,
+    /// Peers allowed to send that header (IP addresses); empty = any peer.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -71,6 +79,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             max_client_connections: 10_000,
             multiplex_connections: 2,
+            proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -95,15 +105,119 @@ pub struct BackendConfig {
     pub database: String,
 }
 
+/// How reads are spread over a shard's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadBalance {
+    /// Rotate over the healthy servers (in proportion to their weights).
+    RoundRobin,
+    /// The healthy server with the fewest statements running on it through shardgate.
+    LeastConnections,
+    /// A hash of the client's IP address: a client keeps its server while that server is healthy.
+    Source,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub read_balance: ReadBalance,
+    /// The primary takes reads too, not only the replicas.
+    pub read_from_primary: bool,
+    /// After a client's write commits, its reads go only to replicas that have replayed it.
+    pub read_your_writes: bool,
+    /// Functions that write, besides the built-in list (nextval, setval, advisory locks, lo_*, ...):
+    /// a SELECT that calls one goes to the primary.
+    pub write_functions: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_balance: ReadBalance::RoundRobin,
+            read_from_primary: false,
+            read_your_writes: true,
+            write_functions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often every server is probed.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// How long a probe may take before it counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive failed probes before a server gets no new traffic.
+    pub ban_after: u32,
+    /// Replay lag above this many bytes takes a replica out of reads until it catches up.
+    pub max_replica_lag_bytes: u64,
+    /// The same, in time.
+    #[serde(deserialize_with = "duration")]
+    pub max_replica_lag: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            ban_after: 2,
+            max_replica_lag_bytes: 16 * 1024 * 1024,
+            max_replica_lag: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     pub name: String,
     /// `[start, end)` in the 32-bit hash space.
     pub range: [u64; 2],
-    pub primary: String,
+    pub primary: ServerSpec,
     #[serde(default)]
-    pub replicas: Vec<String>,
+    pub replicas: Vec<ServerSpec>,
+}
+
+/// A server of a shard: `"host:port"`, or `{ addr = "host:port", weight = 2 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServerSpec {
+    Addr(String),
+    Weighted {
+        addr: String,
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ServerSpec {
+    pub fn addr(&self) -> &str {
+        match self {
+            ServerSpec::Addr(a) | ServerSpec::Weighted { addr: a, .. } => a,
+        }
+    }
+
+    /// Its share of reads relative to the shard's other servers (default 1; 0 = no reads).
+    pub fn weight(&self) -> u32 {
+        match self {
+            ServerSpec::Addr(_) => 1,
+            ServerSpec::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+impl From<&str> for ServerSpec {
+    fn from(a: &str) -> Self {
+        ServerSpec::Addr(a.to_string())
+    }
 }
 
 /// A validated server address of a shard.

@@ -27,18 +27,24 @@ pub struct Worker {
     pub pools: Pools,
     /// Sessions running on this worker.
     pub sessions: Arc<AtomicUsize>,
-    /// Multiplexed server connections (see `multiplex`), at most `mux_limit`.
+    /// Multiplexed server connections (see `multiplex`), at most `mux_limit` per server.
     pub mux: RefCell<Vec<Rc<super::multiplex::MuxConn>>>,
     pub mux_limit: usize,
-    /// Multiplexed connections being opened now (they count against `mux_limit`).
-    pub mux_opening: std::cell::Cell<usize>,
+    /// Servers multiplexed connections are being opened to now (they count against `mux_limit`).
+    pub mux_opening: RefCell<Vec<crate::config::ServerAddr>>,
+    /// Routing plans of SQL texts (see `router`), for this thread only: no lock on a hit.
+    pub routes: RefCell<crate::router::RouteCache>,
     /// How fast simple-query and unnamed-statement texts have been, by a hash of the text.
     pub text_speeds: RefCell<HashMap<u64, Arc<super::multiplex::StatementSpeed>>>,
 }
 
+/// Distinct statement shapes each worker keeps routing plans for.
+const ROUTE_CACHE_SIZE: usize = 10_000;
+
 /// A running proxy. Dropping it stops it.
 pub struct ProxyHandle {
     addr: SocketAddr,
+    health: Option<crate::health::HealthChecker>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -60,7 +66,13 @@ impl ProxyHandle {
         self.stop_inner();
     }
 
+    /// What the proxy shares between its workers (topology, counters), for tests and tools.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn stop_inner(&mut self) {
+        self.health = None;
         let _ = self.shutdown.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -81,6 +93,11 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let addr = listener.local_addr()?;
     let workers = config.worker_count();
     let shared = Arc::new(Shared::new(config));
+    let health = crate::health::start(
+        shared.topology.clone(),
+        shared.config.backend.clone(),
+        shared.config.health.clone(),
+    )?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let mut senders = Vec::with_capacity(workers);
@@ -109,7 +126,11 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                         pools,
                         mux: RefCell::new(Vec::new()),
                         mux_limit,
-                        mux_opening: std::cell::Cell::new(0),
+                        mux_opening: RefCell::new(Vec::new()),
+                        routes: RefCell::new(crate::router::RouteCache::new(
+                            ROUTE_CACHE_SIZE,
+                            shared.classify.clone(),
+                        )),
                         text_speeds: RefCell::new(HashMap::new()),
                         shared,
                         sessions,
@@ -128,6 +149,7 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     info!(%addr, workers, "listening");
     Ok(ProxyHandle {
         addr,
+        health: Some(health),
         shutdown,
         threads,
         shared,

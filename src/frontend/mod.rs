@@ -8,6 +8,7 @@ pub mod auth;
 pub mod listener;
 pub mod multiplex;
 mod pending;
+pub mod proxy_protocol;
 pub mod session;
 pub mod startup;
 pub mod statements;
@@ -32,17 +33,33 @@ pub struct Shared {
     pub startup_params: Mutex<HashMap<Settings, Arc<ServerParams>>>,
     /// Clients connected now.
     pub clients: std::sync::atomic::AtomicUsize,
+    /// Every shard's servers and their health.
+    pub topology: Arc<crate::topology::Topology>,
+    /// What the router needs to classify statements.
+    pub classify: Arc<crate::router::ClassifyOptions>,
+    /// Statement texts the router could not parse (sent to the primary).
+    pub unparsed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Shared {
         Shared {
             auth: Arc::new(auth::Credentials::new(&config)),
-            config: Arc::new(config),
             statements: StatementRegistry::default(),
             cancels: CancelRegistry::default(),
             startup_params: Mutex::new(HashMap::new()),
             clients: std::sync::atomic::AtomicUsize::new(0),
+            topology: Arc::new(crate::topology::Topology::new(&config)),
+            unparsed: std::sync::atomic::AtomicU64::new(0),
+            classify: Arc::new(crate::router::ClassifyOptions {
+                write_functions: config
+                    .routing
+                    .write_functions
+                    .iter()
+                    .map(|f| f.trim().to_ascii_lowercase())
+                    .collect(),
+            }),
+            config: Arc::new(config),
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::pool::Checkout;
 use crate::protocol::backend as be;
 use crate::protocol::peek_header;
 use crate::session_state::{self, Settings};
+use crate::topology::{BusyGuard, Role, ServerState};
 
 /// A statement that ran faster than this on an exclusive connection may be multiplexed.
 pub const FAST: Duration = Duration::from_millis(2);
@@ -129,6 +130,9 @@ pub struct MuxOutput {
     /// The session holds client input it will handle once the answer is complete: it must be woken
     /// even when the answer went straight to the client.
     pub input_waiting: Cell<bool>,
+    /// The connection (to a replica) failed before any of the answer arrived: the session may send
+    /// the segment elsewhere.
+    pub lost_clean: Cell<bool>,
     pub notify: Notify,
 }
 
@@ -141,10 +145,15 @@ struct Waiter {
     speed: Option<Arc<StatementSpeed>>,
     /// When the segment went out to the server.
     written: Option<Instant>,
+    /// Part of the answer has been handed over.
+    started: bool,
+    /// Counts the segment as running on the server.
+    _busy: BusyGuard,
 }
 
 /// One multiplexed server connection, as sessions see it.
 pub struct MuxConn {
+    pub server: Arc<ServerState>,
     /// Segments queued by sessions, written by [`run`].
     pub out: RefCell<BytesMut>,
     /// Shared statements (`_sg_<id>`) the connection holds.
@@ -183,20 +192,24 @@ impl MuxConn {
         direct: Option<Rc<tokio::net::TcpStream>>,
     ) {
         out.done.set(false);
+        out.lost_clean.set(false);
         self.waiters.borrow_mut().push_back(Waiter {
             out,
             direct,
             swallow,
             speed,
             written: None,
+            started: false,
+            _busy: self.server.enter(),
         });
         self.flush.notify_one();
     }
 }
 
 /// Makes `conn` a multiplexed connection and starts its task on the current `LocalSet`.
-pub fn start(mut conn: Checkout) -> Rc<MuxConn> {
+pub fn start(mut conn: Checkout, server: Arc<ServerState>) -> Rc<MuxConn> {
     let mux = Rc::new(MuxConn {
+        server,
         out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
         prepared: RefCell::new(std::mem::take(&mut conn.prepared)),
         settings: conn.settings.clone(),
@@ -259,10 +272,19 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
         server: conn.addr,
         reason: reason.clone(),
     };
+    let replica = mux.server.role == Role::Replica;
+    if replica {
+        mux.server.suspect();
+    }
     for w in mux.waiters.borrow_mut().drain(..) {
-        let mut buf = w.out.buf.borrow_mut();
-        lost.write_to(&mut buf);
-        be::write_ready_for_query(&mut buf, be::TX_IDLE);
+        if replica && !w.started {
+            // Nothing of the answer reached the session: it sends the segment elsewhere.
+            w.out.lost_clean.set(true);
+        } else {
+            let mut buf = w.out.buf.borrow_mut();
+            lost.write_to(&mut buf);
+            be::write_ready_for_query(&mut buf, be::TX_IDLE);
+        }
         w.out.done.set(true);
         w.out.notify.notify_one();
     }
@@ -326,6 +348,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
             return Err("the server sent an answer nobody asked for".into());
         };
         let body = &conn.rbuf[off + 5..off + h.frame_len];
+        front.started = true;
         let mut keep = true;
         match h.tag {
             be::PARSE_COMPLETE if front.swallow > 0 => {

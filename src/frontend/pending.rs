@@ -38,6 +38,15 @@ pub enum Pending {
     SimpleQuery,
     /// FunctionCall: ends with ReadyForQuery.
     FunctionCall,
+    /// A query the proxy sent itself (the WAL position after a write, a deferred BEGIN): its whole
+    /// answer, through ReadyForQuery, is kept from the client.
+    Internal {
+        wal_position: bool,
+    },
+    /// Answers the proxy makes up for a statement it runs itself (`SET shardgate.*`).
+    Synth(Bytes),
+    /// A ReadyForQuery the proxy makes up, with the transaction status at the time it is sent.
+    SynthReady,
 }
 
 impl Pending {
@@ -46,7 +55,11 @@ impl Pending {
     pub fn is_synthetic(&self) -> bool {
         matches!(
             self,
-            Pending::SynthParseComplete | Pending::SynthCloseComplete | Pending::LocalError(_)
+            Pending::SynthParseComplete
+                | Pending::SynthCloseComplete
+                | Pending::LocalError(_)
+                | Pending::Synth(_)
+                | Pending::SynthReady
         )
     }
 

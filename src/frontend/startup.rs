@@ -45,6 +45,8 @@ pub struct Ready {
     pub leftover: BytesMut,
     pub user: String,
     pub startup_settings: Arc<Settings>,
+    /// The client's address: the socket's peer, or what a PROXY protocol header said.
+    pub client_addr: Option<std::net::SocketAddr>,
 }
 
 /// Serves one client connection from its first byte to its last.
@@ -110,6 +112,16 @@ async fn startup(
     too_many: bool,
 ) -> Result<Option<Ready>, SessionError> {
     let io_err = |e: std::io::Error| SessionError::AuthFailed(format!("client connection: {e}"));
+    let mut stream = stream;
+    let client_addr = match client_address(worker, &mut stream).await {
+        Ok(a) => a,
+        Err(e) => {
+            let mut out = BytesMut::new();
+            e.write_to(&mut out);
+            let _ = stream.write_all(&out).await;
+            return Err(e);
+        }
+    };
     let Some(mut framed) = negotiate_tls::<()>(stream, None).await.map_err(io_err)? else {
         return Ok(None);
     };
@@ -176,7 +188,43 @@ async fn startup(
         leftover: parts.read_buf,
         user,
         startup_settings,
+        client_addr,
     }))
+}
+
+/// The client's address: the socket's peer, or, with `proxy.proxy_protocol`, the address in the
+/// PROXY header the load balancer sends first.
+async fn client_address(
+    worker: &Worker,
+    stream: &mut TcpStream,
+) -> Result<Option<std::net::SocketAddr>, SessionError> {
+    let peer = stream.peer_addr().ok();
+    let proxy = &worker.shared.config.proxy;
+    if !proxy.proxy_protocol {
+        return Ok(peer);
+    }
+    if !proxy.proxy_protocol_from.is_empty() {
+        let allowed = peer.is_some_and(|p| {
+            proxy
+                .proxy_protocol_from
+                .iter()
+                .any(|a| a.trim().parse::<std::net::IpAddr>().ok() == Some(p.ip()))
+        });
+        if !allowed {
+            return Err(SessionError::ProxyProtocol(format!(
+                "{} is not in proxy.proxy_protocol_from; connect through the load balancer",
+                peer.map(|p| p.ip().to_string()).unwrap_or_default()
+            )));
+        }
+    }
+    match super::proxy_protocol::read_header(stream, Duration::from_secs(5)).await {
+        Ok(super::proxy_protocol::ProxyHeader::Proxied { source, .. }) => {
+            tracing::Span::current().record("peer", source.to_string());
+            Ok(Some(source))
+        }
+        Ok(super::proxy_protocol::ProxyHeader::Local) => Ok(peer),
+        Err(e) => Err(SessionError::ProxyProtocol(e.to_string())),
+    }
 }
 
 /// Checks the user and database, negotiates the protocol version and runs the auth exchange.

@@ -25,6 +25,8 @@ pub struct Statement {
     pub multiplexable: bool,
     /// How fast it has been.
     pub speed: Arc<super::multiplex::StatementSpeed>,
+    /// Where it may run (classified once, when first prepared).
+    pub plan: Arc<crate::router::Plan>,
 }
 
 /// The proxy-wide table of statements. Locked only when a client parses a named statement.
@@ -38,7 +40,11 @@ pub struct StatementRegistry {
 
 impl StatementRegistry {
     /// The statement for this Parse body, shared with other clients that prepared the same.
-    pub fn intern(&self, parse_rest: &[u8]) -> Arc<Statement> {
+    pub fn intern(
+        &self,
+        parse_rest: &[u8],
+        opts: &crate::router::ClassifyOptions,
+    ) -> Arc<Statement> {
         let mut map = self.by_text.lock().expect("statement registry lock");
         if let Some(live) = map.get(parse_rest).and_then(Weak::upgrade) {
             return live;
@@ -59,7 +65,12 @@ impl StatementRegistry {
                 .or_default()
                 .clone()
         };
+        let plan = Arc::new(crate::router::classify(
+            &String::from_utf8_lossy(text),
+            opts,
+        ));
         let stmt = Arc::new(Statement {
+            plan,
             id,
             server_name: Bytes::from(format!("_sg_{id}")),
             changes_session: crate::session_state::text_may_change_session(text),
@@ -85,15 +96,18 @@ mod tests {
     #[test]
     fn same_text_same_statement_until_dropped() {
         let r = StatementRegistry::default();
-        let a = r.intern(b"select 1\0\0\0");
-        let b = r.intern(b"select 1\0\0\0");
+        let o = crate::router::ClassifyOptions {
+            write_functions: vec![],
+        };
+        let a = r.intern(b"select 1\0\0\0", &o);
+        let b = r.intern(b"select 1\0\0\0", &o);
         assert_eq!(a.id, b.id);
         assert_eq!(&a.server_name[..], format!("_sg_{}", a.id).as_bytes());
-        let c = r.intern(b"select 2\0\0\0");
+        let c = r.intern(b"select 2\0\0\0", &o);
         assert_ne!(a.id, c.id);
         let old = a.id;
         drop((a, b));
-        let d = r.intern(b"select 1\0\0\0");
+        let d = r.intern(b"select 1\0\0\0", &o);
         assert_ne!(d.id, old, "ids are never reused");
         assert_eq!(r.live(), 2);
     }

@@ -289,6 +289,13 @@ impl Instance {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Appends `setting = value` lines to postgresql.conf and reloads the server's configuration.
+    pub fn set_conf(&self, lines: &str) -> Result<(), ClusterError> {
+        self.append_conf(&format!("\n{lines}\n"))?;
+        self.psql("postgres", &["SELECT pg_reload_conf()"])
+            .map(|_| ())
+    }
+
     /// `SELECT pg_is_in_recovery()`: true on a replica.
     pub fn is_in_recovery(&self) -> Result<bool, ClusterError> {
         Ok(self.psql("postgres", &["SELECT pg_is_in_recovery()"])? == "t")

@@ -57,7 +57,8 @@ impl Pools {
         let mut pools = HashMap::new();
         for shard in &config.shards {
             for addr in std::iter::once(&shard.primary).chain(shard.replicas.iter()) {
-                let addr = ServerAddr(crate::config::resolve(addr).expect("validated at load"));
+                let addr =
+                    ServerAddr(crate::config::resolve(addr.addr()).expect("validated at load"));
                 pools.entry(addr).or_insert_with(|| {
                     managed::Pool::builder(BackendManager {
                         addr,

@@ -118,6 +118,44 @@ pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
     out.put_u8(0);
 }
 
+pub fn write_bind_complete(out: &mut BytesMut) {
+    out.extend_from_slice(b"2\0\0\0\x04");
+}
+
+pub fn write_no_data(out: &mut BytesMut) {
+    out.extend_from_slice(b"n\0\0\0\x04");
+}
+
+/// ParameterDescription of a statement without parameters.
+pub fn write_no_parameters(out: &mut BytesMut) {
+    out.extend_from_slice(b"t\0\0\0\x06\0\0");
+}
+
+/// RowDescription of one text column.
+pub fn write_text_column(out: &mut BytesMut, name: &str) {
+    let len = 4 + 2 + name.len() + 1 + 4 + 2 + 4 + 2 + 4 + 2;
+    out.put_u8(ROW_DESCRIPTION);
+    out.put_i32(len as i32);
+    out.put_i16(1);
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_i32(0); // table
+    out.put_i16(0); // column
+    out.put_i32(25); // text
+    out.put_i16(-1);
+    out.put_i32(-1);
+    out.put_i16(0); // text format
+}
+
+/// DataRow of one text value.
+pub fn write_text_row(out: &mut BytesMut, value: &str) {
+    out.put_u8(DATA_ROW);
+    out.put_i32((4 + 2 + 4 + value.len()) as i32);
+    out.put_i16(1);
+    out.put_i32(value.len() as i32);
+    out.extend_from_slice(value.as_bytes());
+}
+
 pub fn write_parameter_status(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     frame(out, PARAMETER_STATUS, name.len() + value.len() + 2);
     out.put_slice(name);

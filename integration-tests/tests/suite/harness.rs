@@ -46,10 +46,10 @@ macro_rules! tests {
 }
 pub(crate) use tests;
 
-/// The shared cluster: one shard, a primary and one streaming replica.
+/// The shared cluster: one shard, a primary and two streaming replicas.
 const SHARED_SPEC: ClusterSpec = ClusterSpec {
     shards: 1,
-    replicas_per_shard: 1,
+    replicas_per_shard: 2,
     synchronous: false,
 };
 
@@ -119,9 +119,22 @@ impl Ctx {
             .context("the shared cluster has no replica")
     }
 
-    /// The shared cluster's shard map with the proxy on a free port.
+    /// The shared cluster's shard map with the proxy on a free port, without the replicas: every
+    /// statement goes to the primary (the wire and pooling tests are about the protocol, not routing).
     pub fn default_map(&self) -> anyhow::Result<String> {
-        Ok(self.cluster()?.shard_map_toml("127.0.0.1:0"))
+        Ok(without_replicas(
+            &self.cluster()?.shard_map_toml("127.0.0.1:0"),
+        ))
+    }
+
+    /// The shared cluster's full shard map (primary and replicas), with quick health checks and
+    /// `routing` (TOML lines) as the `[routing]` section.
+    pub fn routed_map(&self, routing: &str) -> anyhow::Result<String> {
+        Ok(routed(
+            &self.cluster()?.shard_map_toml("127.0.0.1:0"),
+            routing,
+            "",
+        ))
     }
 
     /// Starts an in-process proxy with the shard map `map` (environment overrides apply).
@@ -339,6 +352,29 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Ok(())
+}
+
+/// `map` with every shard's replica list emptied.
+pub fn without_replicas(map: &str) -> String {
+    map.lines()
+        .map(|l| {
+            if l.trim_start().starts_with("replicas") {
+                "replicas = []"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// `map` with a `[routing]` section of `routing` lines, and a `[health]` section probing every
+/// 100 ms plus `health` lines.
+pub fn routed(map: &str, routing: &str, health: &str) -> String {
+    format!(
+        "{map}\n[routing]\n{routing}\n\n[health]\ninterval = \"100ms\"\ntimeout = \"1s\"\nban_after = 2\n{health}\n"
+    )
 }
 
 /// Sets `key = value` in the `[proxy]` section of a shard map (`value` is TOML: `"2s"`, `4`), replacing

@@ -5,11 +5,14 @@
 //! `MODULES`. Run one test: `cargo test -p integration-tests --test suite -- smoke::select_through_proxy`.
 
 mod bad_input;
+mod balancing;
 mod harness;
 mod multiplexing;
 mod pooling;
 mod protocol_errors;
 mod rawclient;
+mod replica_health;
+mod routing;
 mod smoke;
 mod wire;
 mod wire_copy;
@@ -34,6 +37,9 @@ const MODULES: &[&[Test]] = &[
     bad_input::TESTS,
     protocol_errors::TESTS,
     multiplexing::TESTS,
+    routing::TESTS,
+    balancing::TESTS,
+    replica_health::TESTS,
 ];
 
 fn main() {

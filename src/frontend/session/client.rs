@@ -2,6 +2,7 @@
 //! proxy makes up itself queued in order, and a failed transaction answered while it has no server.
 
 use super::multiplexed::MuxTry;
+use super::route::{Got, Target, Want};
 use super::*;
 
 impl Session {
@@ -59,7 +60,15 @@ impl Session {
             }
             let frame = &cin[off..off + header.frame_len];
             match self.on_client_frame(header.tag, frame).await {
-                Ok(Flow::Continue) => off += header.frame_len,
+                Ok(Flow::Continue) => {
+                    self.retry.record(header.tag, frame);
+                    off += header.frame_len;
+                }
+                Ok(Flow::Wait) => {
+                    // Handled again once the held connection is given back (`resume_client`).
+                    self.waiting = true;
+                    break Ok(Flow::Continue);
+                }
                 other => break other,
             }
         };
@@ -96,7 +105,6 @@ impl Session {
             self.on_failed_tx_frame(tag, frame);
             return Ok(Flow::Continue);
         }
-        let body = &frame[5..];
         match tag {
             fe::SYNC => self.on_sync(frame),
             fe::FLUSH => {
@@ -104,32 +112,36 @@ impl Session {
                     b.wbuf.extend_from_slice(frame);
                 }
             }
-            fe::QUERY => {
-                if self.ensure_backend(true).await? {
-                    if session_state::text_may_change_session(fe::query_text(body)) {
-                        self.dirty = true;
-                    }
-                    self.conn().wbuf.extend_from_slice(frame);
-                    self.pending.push_back(Pending::SimpleQuery);
-                }
-            }
-            fe::PARSE => self.on_parse(frame).await?,
-            fe::BIND => self.on_bind(frame).await?,
-            fe::DESCRIBE => self.on_describe(frame).await?,
+            fe::QUERY => return self.on_query(frame).await,
+            fe::PARSE => return self.on_parse(frame).await,
+            fe::BIND => return self.on_bind(frame).await,
+            fe::DESCRIBE => return self.on_describe(frame).await,
             fe::CLOSE => self.on_close(frame)?,
             fe::EXECUTE => {
-                if self.ensure_backend(false).await? {
-                    self.in_segment = true;
-                    self.conn().wbuf.extend_from_slice(frame);
-                    let copy_ends = self.copy_ends;
-                    self.pending.push_back(Pending::Execute { copy_ends });
+                if self.local.take_portal_execute(&frame[5..]) {
+                    let out = self.local_execute_portal();
+                    self.push_synthetic(Pending::Synth(out));
+                    return Ok(Flow::Continue);
                 }
+                match self.ensure_backend(false, Want::Primary).await? {
+                    Got::Ready => {}
+                    Got::Dropped => return Ok(Flow::Continue),
+                    Got::Wait => return Ok(Flow::Wait),
+                }
+                self.in_segment = true;
+                self.conn().wbuf.extend_from_slice(frame);
+                let copy_ends = self.copy_ends;
+                self.pending.push_back(Pending::Execute { copy_ends });
             }
             fe::FUNCTION_CALL => {
-                if self.ensure_backend(true).await? {
-                    self.conn().wbuf.extend_from_slice(frame);
-                    self.pending.push_back(Pending::FunctionCall);
+                match self.ensure_backend(true, Want::Primary).await? {
+                    Got::Ready => {}
+                    Got::Dropped => return Ok(Flow::Continue),
+                    Got::Wait => return Ok(Flow::Wait),
                 }
+                self.tx_wrote = true;
+                self.conn().wbuf.extend_from_slice(frame);
+                self.pending.push_back(Pending::FunctionCall);
             }
             // CopyData / CopyDone / CopyFail: only meaningful while a server is in COPY.
             _ => {
@@ -142,6 +154,60 @@ impl Session {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Notes what a statement sent to the held connection means for routing: a write to remember
+    /// for read-your-writes, a BEGIN that keeps the connection.
+    pub(super) fn note_sent(&mut self, plan: &Plan) {
+        if plan.writes {
+            self.tx_wrote = true;
+        }
+        if matches!(plan.tx, TxControl::Begin { .. }) {
+            self.begun = true;
+        }
+    }
+
+    pub(super) async fn on_query(&mut self, frame: &[u8]) -> Step {
+        let text = fe::query_text(&frame[5..]);
+        let plan = self.plan_text(text);
+        if plan.local {
+            self.local_simple(text);
+            return Ok(Flow::Continue);
+        }
+        if self.may_defer_begin(&plan, text) {
+            // The next statement picks the server: SET TRANSACTION READ ONLY makes it a replica.
+            self.deferred_begin = Some(Bytes::copy_from_slice(frame));
+            be::write_command_complete(&mut self.cout, "BEGIN");
+            be::write_ready_for_query(&mut self.cout, be::TX_IN_BLOCK);
+            return Ok(Flow::Continue);
+        }
+        let want = self.want(&plan);
+        match self.ensure_backend(true, want).await? {
+            Got::Ready => {}
+            Got::Dropped => return Ok(Flow::Continue),
+            Got::Wait => return Ok(Flow::Wait),
+        }
+        if session_state::text_may_change_session(text) {
+            self.dirty = true;
+        }
+        self.note_sent(&plan);
+        self.conn().wbuf.extend_from_slice(frame);
+        self.pending.push_back(Pending::SimpleQuery);
+        Ok(Flow::Continue)
+    }
+
+    /// A plain BEGIN, alone, with nothing held: its server is chosen with the next statement.
+    fn may_defer_begin(&self, plan: &Plan, text: &[u8]) -> bool {
+        matches!(plan.tx, TxControl::Begin { read_only: None })
+            && plan.hint.is_none()
+            && self.target == Target::Auto
+            && !self.session_mode
+            && self.backend.is_none()
+            && self.pending.is_empty()
+            && self.deferred_begin.is_none()
+            && !self.default_read_only()
+            && !self.worker.shared.topology.shards[0].replicas.is_empty()
+            && single_statement(text)
     }
 
     pub(super) fn on_sync(&mut self, frame: &[u8]) {
@@ -160,18 +226,50 @@ impl Session {
         }
     }
 
-    pub(super) async fn on_parse(&mut self, frame: &[u8]) -> Result<(), End> {
-        if !self.ensure_backend(false).await? {
-            return Ok(());
+    pub(super) async fn on_parse(&mut self, frame: &[u8]) -> Step {
+        let (name, rest) = fe::parse_name(&frame[5..])?;
+        let text = fe::query_text(rest);
+        let (plan, stmt) = if name.is_empty() {
+            (self.plan_text(text), None)
+        } else {
+            let shared = &self.worker.shared;
+            let stmt = shared.statements.intern(rest, &shared.classify);
+            if stmt.plan.unparsed {
+                shared
+                    .unparsed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (stmt.plan.clone(), Some(stmt))
+        };
+        if plan.local {
+            if name.is_empty() {
+                self.unnamed_parse.clear();
+                self.unnamed_plan = None;
+            } else if self.statements.contains_key(name) || self.local.has_statement(name) {
+                let err =
+                    SessionError::DuplicateStatement(String::from_utf8_lossy(name).into_owned());
+                self.push_local_error(err);
+                return Ok(Flow::Continue);
+            }
+            self.local.parse(name, text);
+            self.push_synthetic(Pending::SynthParseComplete);
+            return Ok(Flow::Continue);
+        }
+        let want = self.want(&plan);
+        match self.ensure_backend(false, want).await? {
+            Got::Ready => {}
+            Got::Dropped => return Ok(Flow::Continue),
+            Got::Wait => return Ok(Flow::Wait),
         }
         self.in_segment = true;
-        let (name, rest) = fe::parse_name(&frame[5..])?;
-        if name.is_empty() {
-            if session_state::text_may_change_session(fe::query_text(rest)) {
+        let Some(stmt) = stmt else {
+            if session_state::text_may_change_session(text) {
                 self.dirty = true;
             }
+            self.local.forget_unnamed();
             self.unnamed_parse.clear();
             self.unnamed_parse.extend_from_slice(frame);
+            self.unnamed_plan = Some(plan);
             let conn = self.conn();
             conn.wbuf.extend_from_slice(frame);
             let id = conn.id;
@@ -181,14 +279,13 @@ impl Session {
                 client_name: None,
                 swallow: false,
             });
-            return Ok(());
-        }
-        if self.statements.contains_key(name) {
+            return Ok(Flow::Continue);
+        };
+        if self.statements.contains_key(name) || self.local.has_statement(name) {
             let err = SessionError::DuplicateStatement(String::from_utf8_lossy(name).into_owned());
             self.push_local_error(err);
-            return Ok(());
+            return Ok(Flow::Continue);
         }
-        let stmt = self.worker.shared.statements.intern(rest);
         let client_name = Bytes::copy_from_slice(name);
         self.statements.insert(client_name.clone(), stmt.clone());
         let conn = self.conn();
@@ -203,7 +300,16 @@ impl Session {
                 swallow: false,
             });
         }
-        Ok(())
+        Ok(Flow::Continue)
+    }
+
+    /// The plan of the statement a Bind or Describe names (None: the client never prepared it).
+    pub(super) fn statement_plan(&self, client_name: &[u8]) -> Option<Arc<Plan>> {
+        if client_name.is_empty() {
+            self.unnamed_plan.clone()
+        } else {
+            self.statements.get(client_name).map(|s| s.plan.clone())
+        }
     }
 
     /// Makes sure the held connection has the statement a Bind or Describe names, injecting a Parse
@@ -241,27 +347,52 @@ impl Session {
         Some(stmt.server_name.clone())
     }
 
-    pub(super) async fn on_bind(&mut self, frame: &[u8]) -> Result<(), End> {
-        if !self.ensure_backend(false).await? {
-            return Ok(());
+    pub(super) async fn on_bind(&mut self, frame: &[u8]) -> Step {
+        let (portal, stmt_name, rest) = fe::bind_statement(&frame[5..])?;
+        if self.local.bind(portal, stmt_name) {
+            self.push_synthetic(Pending::Synth(Bytes::from_static(b"2\0\0\0\x04")));
+            return Ok(Flow::Continue);
+        }
+        let plan = self.statement_plan(stmt_name);
+        let want = plan.as_deref().map_or(Want::Primary, |p| self.want(p));
+        match self.ensure_backend(false, want).await? {
+            Got::Ready => {}
+            Got::Dropped => return Ok(Flow::Continue),
+            Got::Wait => return Ok(Flow::Wait),
         }
         self.in_segment = true;
-        let (portal, stmt_name, rest) = fe::bind_statement(&frame[5..])?;
+        match plan {
+            Some(p) => self.note_sent(&p),
+            None => self.tx_wrote = true,
+        }
         match self.prepare_on_conn(stmt_name) {
             Some(server_name) => fe::write_bind(&mut self.conn().wbuf, portal, &server_name, rest),
             // Unnamed, or a name the client never prepared: the server answers (26000 for the latter).
             None => self.conn().wbuf.extend_from_slice(frame),
         }
         self.pending.push_back(Pending::Bind);
-        Ok(())
+        Ok(Flow::Continue)
     }
 
-    pub(super) async fn on_describe(&mut self, frame: &[u8]) -> Result<(), End> {
-        if !self.ensure_backend(false).await? {
-            return Ok(());
+    pub(super) async fn on_describe(&mut self, frame: &[u8]) -> Step {
+        let (kind, name) = fe::target(&frame[5..])?;
+        if let Some(out) = self.local_describe(kind, name) {
+            self.push_synthetic(Pending::Synth(out));
+            return Ok(Flow::Continue);
+        }
+        let want = match (kind, self.backend.is_some()) {
+            (b'S', false) => self
+                .statement_plan(name)
+                .as_deref()
+                .map_or(Want::Primary, |p| self.want(p)),
+            _ => Want::Primary,
+        };
+        match self.ensure_backend(false, want).await? {
+            Got::Ready => {}
+            Got::Dropped => return Ok(Flow::Continue),
+            Got::Wait => return Ok(Flow::Wait),
         }
         self.in_segment = true;
-        let (kind, name) = fe::target(&frame[5..])?;
         let renamed = if kind == b'S' {
             self.prepare_on_conn(name)
         } else {
@@ -274,11 +405,15 @@ impl Session {
             None => self.conn().wbuf.extend_from_slice(frame),
         }
         self.pending.push_back(Pending::Describe);
-        Ok(())
+        Ok(Flow::Continue)
     }
 
     pub(super) fn on_close(&mut self, frame: &[u8]) -> Result<(), End> {
         let (kind, name) = fe::target(&frame[5..])?;
+        if self.local.close(kind, name) {
+            self.push_synthetic(Pending::SynthCloseComplete);
+            return Ok(());
+        }
         if kind == b'S' && !name.is_empty() {
             // The server keeps its shared copy for other clients; only the client's name goes.
             self.statements.remove(name);
@@ -323,7 +458,13 @@ impl Session {
         match p {
             Pending::SynthParseComplete => be::write_parse_complete(&mut self.cout),
             Pending::SynthCloseComplete => be::write_close_complete(&mut self.cout),
-            Pending::LocalError(bytes) => self.cout.extend_from_slice(&bytes),
+            Pending::LocalError(bytes) | Pending::Synth(bytes) => {
+                self.cout.extend_from_slice(&bytes)
+            }
+            Pending::SynthReady => {
+                let status = self.client_tx_status();
+                be::write_ready_for_query(&mut self.cout, status);
+            }
             _ => unreachable!("only synthetic entries are written by the proxy"),
         }
     }
@@ -331,6 +472,7 @@ impl Session {
     /// Sends the made-up answers at the front of `pending`.
     pub(super) fn emit_synthetic_front(&mut self) {
         while self.pending.front().is_some_and(Pending::is_synthetic) {
+            self.retry.disarm();
             let p = self.pending.pop_front().expect("front exists");
             self.write_synthetic(p);
         }
@@ -402,6 +544,14 @@ impl Session {
                 self.local_skip = true;
             }
         }
+    }
+}
+
+/// Whether a SQL text holds one statement (a `;` may only end it).
+fn single_statement(sql: &[u8]) -> bool {
+    match memchr::memchr(b';', sql) {
+        Some(semi) => sql[semi + 1..].iter().all(|b| b.is_ascii_whitespace()),
+        None => true,
     }
 }
 

@@ -1,22 +1,40 @@
 //! Holding a server connection: taking one (with the client's settings replayed), giving it back
 //! after reading session state back, losing it, and leaving nothing open when the client goes.
 
+use super::route::{Got, Want};
 use super::*;
 
 impl Session {
-    /// Takes a server connection if none is held. On failure the client gets the error (and, for a
-    /// simple query, ReadyForQuery) and `Ok(false)`: the message is dropped.
-    pub(super) async fn ensure_backend(&mut self, simple: bool) -> Result<bool, End> {
+    /// Takes a server connection for a request that wants `want`, if none is held. On failure the
+    /// client gets the error (and, for a simple query, ReadyForQuery): the message is dropped.
+    pub(super) async fn ensure_backend(&mut self, simple: bool, want: Want) -> Result<Got, End> {
         if self.backend.is_some() {
-            return Ok(true);
+            if want == Want::Primary
+                && self.held_role() == Some(crate::topology::Role::Replica)
+                && self.can_switch()
+            {
+                if !self.pending.is_empty() {
+                    return Ok(Got::Wait);
+                }
+                self.release();
+            } else {
+                return Ok(Got::Ready);
+            }
         }
-        match self.checkout().await {
+        match self.checkout(want).await {
             Ok(()) => {
                 // Time the statement from here: waiting for the pool says nothing of it.
                 if let Some((_, started)) = self.timing.as_mut() {
                     *started = Instant::now();
                 }
-                Ok(true)
+                if let Some(begin) = self.deferred_begin.take() {
+                    self.conn().wbuf.extend_from_slice(&begin);
+                    self.pending.push_back(Pending::Internal {
+                        wal_position: false,
+                    });
+                    self.begun = true;
+                }
+                Ok(Got::Ready)
             }
             Err(e) => {
                 warn!(error = %e, "no server connection for the client");
@@ -27,26 +45,17 @@ impl Session {
                 } else {
                     self.local_skip = true;
                 }
-                Ok(false)
+                Ok(Got::Dropped)
             }
         }
     }
 
-    pub(super) async fn checkout(&mut self) -> Result<(), SessionError> {
-        let conn = self.checkout_conn().await?;
-        self.cancel.set(Some(CancelTarget {
-            addr: conn.addr,
-            pid: conn.pid,
-            secret: conn.secret,
-        }));
-        self.unnamed_on = None;
-        self.backend = Some(conn);
-        Ok(())
-    }
-
-    /// A pooled connection with this client's session settings applied.
-    pub(super) async fn checkout_conn(&mut self) -> Result<Checkout, SessionError> {
-        let mut conn = self.worker.pools.get(&self.shard, self.primary).await?;
+    /// A pooled connection to `addr` with this client's session settings applied.
+    pub(super) async fn checkout_conn(
+        &mut self,
+        addr: ServerAddr,
+    ) -> Result<Checkout, SessionError> {
+        let mut conn = self.worker.pools.get(&self.shard, addr).await?;
         match conn.apply_settings(&self.settings).await {
             Ok(None) => Ok(conn),
             // The setting was accepted once; the client goes on, the connection is not reused.
@@ -67,6 +76,8 @@ impl Session {
     /// Gives the server connection back (or closes it when it cannot be trusted).
     pub(super) fn release(&mut self) {
         if let Some(conn) = self.backend.take() {
+            self.held = None;
+            self.retry.disarm();
             self.cancel.set(None);
             self.unnamed_on = None;
             if conn.broken || conn.prepared.len() > MAX_PREPARED_PER_CONN {
@@ -143,21 +154,31 @@ impl Session {
     /// The server connection failed: answer everything the client still waits for with an error, as
     /// the server would have, and keep the client.
     pub(super) fn on_backend_lost(&mut self, reason: String) {
+        if self.retry_elsewhere() {
+            return;
+        }
         let Some(conn) = self.backend.take() else {
             return;
         };
+        self.held = None;
         let reason = self.server_fatal.take().unwrap_or(reason);
         self.cancel.set(None);
         let server = conn.addr;
-        let in_tx = conn.tx_status != be::TX_IDLE;
+        // A BEGIN sent since the last ReadyForQuery counts: the client was told it is in a block.
+        let in_tx = conn.tx_status != be::TX_IDLE || self.begun;
+        self.begun = false;
+        self.tx_wrote = false;
         drop(Checkout::take(conn));
         warn!(%server, %reason, "lost a server connection");
         let err = SessionError::BackendLost { server, reason };
         let owed_ready = self.pending.iter().filter(|p| p.ends_with_ready()).count();
-        self.pending.clear();
         self.server_skipping = false;
         self.unnamed_on = None;
         let status = if in_tx { be::TX_FAILED } else { be::TX_IDLE };
+        let owed_synthetic: Vec<Pending> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(Pending::is_synthetic)
+            .collect();
         for _ in 0..owed_ready {
             err.write_to(&mut self.cout);
             be::write_ready_for_query(&mut self.cout, status);
@@ -168,6 +189,9 @@ impl Session {
             self.in_segment = false;
         }
         self.failed_tx = in_tx;
+        for p in owed_synthetic {
+            self.write_synthetic(p);
+        }
         if in_tx && owed_ready == 0 && !self.local_skip {
             // The client sits idle in its transaction: tell it with its next statement.
             self.unreported_loss = Some(err);
@@ -179,6 +203,7 @@ impl Session {
         let Some(mut conn) = self.backend.take() else {
             return;
         };
+        let _busy = self.held.take();
         self.cancel.set(None);
         let mid_request = !self.pending.is_empty() || self.in_segment || !conn.wbuf.is_empty();
         if mid_request || conn.broken {

@@ -26,7 +26,9 @@ use tracing::{debug, warn};
 
 mod client;
 mod connection;
+mod local;
 mod multiplexed;
+mod route;
 mod server;
 
 use super::listener::Worker;
@@ -41,7 +43,9 @@ use crate::pool::Checkout;
 use crate::protocol::backend as be;
 use crate::protocol::frontend as fe;
 use crate::protocol::{ProtocolError, peek_header};
+use crate::router::{Hint, Plan, TxControl};
 use crate::session_state::{self, Settings};
+use crate::topology::{BusyGuard, ServerState};
 
 /// Stop reading one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 1 << 20;
@@ -58,6 +62,9 @@ const MAX_PREPARED_PER_CONN: usize = 2000;
 enum Flow {
     Continue,
     End,
+    /// The frame needs another server than the one held: leave it (and what follows) in the client
+    /// buffer until the held connection is given back.
+    Wait,
 }
 
 /// Why a session ends early.
@@ -122,12 +129,35 @@ pub struct Session {
     touched: bool,
     /// The last unnamed Parse, to re-prepare it if a later Bind lands on another connection.
     unnamed_parse: BytesMut,
+    unnamed_plan: Option<Arc<Plan>>,
     unnamed_on: Option<u64>,
     cancel: Arc<CancelSlot>,
     max_message: usize,
     session_mode: bool,
     shard: String,
-    primary: ServerAddr,
+    /// The server of the held connection, counted busy while held.
+    held: Option<BusyGuard>,
+    /// Routing: the client's address (for `source` balancing), `SET shardgate.target`, the WAL
+    /// position of its last write (read-your-writes), a write sent in the current transaction.
+    client_ip: std::net::IpAddr,
+    target: route::Target,
+    min_lsn: u64,
+    tx_wrote: bool,
+    /// A BEGIN went to the held connection since its last ReadyForQuery.
+    begun: bool,
+    /// A simple-query BEGIN not sent yet: the statement after it decides the server (SET
+    /// TRANSACTION READ ONLY → a replica).
+    deferred_begin: Option<Bytes>,
+    /// Client frames waiting for the held connection to be given back (see `Flow::Wait`).
+    waiting: bool,
+    /// A read sent to a replica, kept until its first answer so it can go to another server if the
+    /// connection fails first.
+    retry: route::Retry,
+    /// The server the multiplexed path chose for a read it then could not multiplex: the exclusive
+    /// path takes it, so each read is balanced once.
+    chosen: Option<Arc<ServerState>>,
+    /// `SET/SHOW shardgate.*` prepared through the extended protocol, answered by the proxy.
+    local: local::LocalStatements,
     /// CopyDone and CopyFail messages the client sent so far.
     copy_ends: u32,
     /// How much the next client read may take (see `read_client`).
@@ -168,12 +198,27 @@ impl Session {
             pinned: false,
             touched: false,
             unnamed_parse: BytesMut::new(),
+            unnamed_plan: None,
             unnamed_on: None,
             cancel,
             max_message: config.proxy.max_message_size,
             session_mode: config.proxy.pool_mode == PoolMode::Session,
             shard: config.shards[0].name.clone(),
-            primary: config.default_primary(),
+            held: None,
+            client_ip: ready
+                .client_addr
+                .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |a| {
+                    a.ip()
+                }),
+            target: route::Target::Auto,
+            min_lsn: 0,
+            tx_wrote: false,
+            begun: false,
+            deferred_begin: None,
+            waiting: false,
+            retry: route::Retry::default(),
+            local: local::LocalStatements::default(),
+            chosen: None,
             copy_ends: 0,
             read_chunk: CLIENT_READ_MIN,
             mux_out: Rc::new(MuxOutput::default()),
@@ -203,6 +248,9 @@ impl Session {
                     self.flush_client()
                 }
             };
+            if let Ok(Flow::Continue) = outcome {
+                outcome = self.resume_client().await;
+            }
         }
         if let Err(End::Fatal(e)) = outcome {
             debug!(error = %e, "closing the session");
@@ -251,6 +299,7 @@ impl Session {
         match &self.backend {
             Some(b) => b.tx_status,
             None if self.failed_tx => be::TX_FAILED,
+            None if self.deferred_begin.is_some() => be::TX_IN_BLOCK,
             None => be::TX_IDLE,
         }
     }

@@ -12,6 +12,14 @@ pub(super) enum MuxTry {
     No,
 }
 
+/// A multiplexable segment: its length, named statement, speed record and plan.
+pub(super) type Segment = (
+    usize,
+    Option<Arc<Statement>>,
+    Arc<StatementSpeed>,
+    Arc<Plan>,
+);
+
 impl Session {
     /// Whether the next segment may go to a multiplexed connection: nothing else is going on.
     pub(super) fn mux_ready(&self) -> bool {
@@ -26,14 +34,20 @@ impl Session {
             && !self.failed_tx
             && !self.in_segment
             && !self.mux_inflight
+            && !self.waiting
+            && self.deferred_begin.is_none()
     }
 
     /// Queues the segment at the front of `buf` on a multiplexed connection if it qualifies.
     pub(super) async fn try_multiplex(&mut self, buf: &[u8]) -> MuxTry {
-        let Some((len, named, speed)) = self.qualifying_segment(buf) else {
+        let Some((len, named, speed, plan)) = self.qualifying_segment(buf) else {
             tracing::trace!(first = ?buf.first().map(|b| *b as char), "segment does not qualify for multiplexing");
             return MuxTry::No;
         };
+        // Only reads: a write needs its WAL position read afterwards (read-your-writes).
+        if plan.writes || plan.local || !matches!(plan.tx, TxControl::None) {
+            return MuxTry::No;
+        }
         tracing::trace!(
             fast = speed.is_fast(),
             untimed = speed.is_untimed(),
@@ -45,7 +59,11 @@ impl Session {
         if !speed.is_fast() {
             return MuxTry::No;
         }
-        let Some(mux) = self.pick_mux().await else {
+        let want = self.want(&plan);
+        let exclude = self.retry.exclude.take();
+        let server = self.pick_server(want, exclude);
+        let Some(mux) = self.pick_mux(&server).await else {
+            self.chosen = Some(server);
             tracing::trace!(limit = self.worker.mux_limit, "no multiplexed connection");
             return MuxTry::No;
         };
@@ -63,7 +81,9 @@ impl Session {
                         // The client's unnamed statement is now this one, wherever it goes next.
                         self.unnamed_parse.clear();
                         self.unnamed_parse.extend_from_slice(frame);
+                        self.unnamed_plan = Some(plan.clone());
                         self.unnamed_on = None;
+                        self.local.forget_unnamed();
                         out.extend_from_slice(frame);
                     }
                     (fe::BIND, Some(stmt)) => {
@@ -82,6 +102,11 @@ impl Session {
                 off += h.frame_len;
             }
         }
+        // Kept until the answer starts, to go to another server if this one fails first.
+        if server.role == crate::topology::Role::Replica {
+            self.retry.arm(server.addr);
+            self.retry.record(fe::QUERY, &buf[..len]);
+        }
         // With nothing of ours waiting to go out, the answer may go straight to the client socket.
         let direct = self.cout.is_empty().then(|| self.client.clone());
         self.mux_out.input_waiting.set(len < buf.len());
@@ -90,12 +115,10 @@ impl Session {
         MuxTry::Submitted(len)
     }
 
-    /// `(length, named statement, speed record)` of a multiplexable segment at the front of `buf`:
-    /// `Query`, or `[Parse ""] Bind [Describe portal ""] Execute("", 0) Sync`, all of it buffered.
-    pub(super) fn qualifying_segment(
-        &self,
-        buf: &[u8],
-    ) -> Option<(usize, Option<Arc<Statement>>, Arc<StatementSpeed>)> {
+    /// `(length, named statement, speed record, plan)` of a multiplexable segment at the front of
+    /// `buf`: `Query`, or `[Parse ""] Bind [Describe portal ""] Execute("", 0) Sync`, all of it
+    /// buffered.
+    pub(super) fn qualifying_segment(&self, buf: &[u8]) -> Option<Segment> {
         let mut off = 0;
         let next = |off: &mut usize| -> Option<(u8, &[u8])> {
             let h = peek_header(&buf[*off..], self.max_message).ok()??;
@@ -106,7 +129,8 @@ impl Session {
         let (tag, body) = next(&mut off)?;
         if tag == fe::QUERY {
             let text = fe::query_text(body);
-            return multiplex::text_qualifies(text).then(|| (off, None, self.text_speed(text)));
+            return multiplex::text_qualifies(text)
+                .then(|| (off, None, self.text_speed(text), self.plan_text(text)));
         }
         let (mut tag, mut body) = (tag, body);
         let mut unnamed_text = None;
@@ -126,15 +150,17 @@ impl Session {
         if !portal.is_empty() {
             return None;
         }
-        let (named, speed) = match unnamed_text {
-            Some(text) if stmt_name.is_empty() => (None, self.text_speed(text)),
+        let (named, speed, plan) = match unnamed_text {
+            Some(text) if stmt_name.is_empty() => {
+                (None, self.text_speed(text), self.plan_text(text))
+            }
             Some(_) => return None,
             None => {
                 let stmt = self.statements.get(stmt_name)?;
                 if !stmt.multiplexable {
                     return None;
                 }
-                (Some(stmt.clone()), stmt.speed.clone())
+                (Some(stmt.clone()), stmt.speed.clone(), stmt.plan.clone())
             }
         };
         (tag, body) = next(&mut off)?;
@@ -149,7 +175,7 @@ impl Session {
             return None;
         }
         let (tag, _) = next(&mut off)?;
-        (tag == fe::SYNC).then_some((off, named, speed))
+        (tag == fe::SYNC).then_some((off, named, speed, plan))
     }
 
     /// The speed record of a SQL text (see `multiplex::speed_key`).
@@ -162,18 +188,22 @@ impl Session {
         speeds.entry(key).or_default().clone()
     }
 
-    /// A multiplexed connection for this session's settings: an idle one, a new one while under the
-    /// limit, else the least busy.
-    pub(super) async fn pick_mux(&mut self) -> Option<Rc<MuxConn>> {
+    /// A multiplexed connection to `server` for this session's settings: an idle one, a new one
+    /// while under the limit, else the least busy.
+    pub(super) async fn pick_mux(&mut self, server: &Arc<ServerState>) -> Option<Rc<MuxConn>> {
+        let addr = server.addr;
         let (best, count) = {
             let mut list = self.worker.mux.borrow_mut();
             list.retain(|m| !m.is_broken());
             let best = list
                 .iter()
-                .filter(|m| m.accepts(&self.settings))
+                .filter(|m| m.server.addr == addr && m.accepts(&self.settings))
                 .min_by_key(|m| m.in_flight())
                 .cloned();
-            (best, list.len() + self.worker.mux_opening.get())
+            let opening = self.worker.mux_opening.borrow();
+            let count = list.iter().filter(|m| m.server.addr == addr).count()
+                + opening.iter().filter(|a| **a == addr).count();
+            (best, count)
         };
         if let Some(m) = &best
             && (m.in_flight() == 0 || count >= self.worker.mux_limit)
@@ -184,19 +214,25 @@ impl Session {
             return None;
         }
         // Count it before the await, so sessions that arrive meanwhile do not open more.
-        let opening = &self.worker.mux_opening;
-        opening.set(opening.get() + 1);
-        let conn = self.checkout_conn().await;
-        let opening = &self.worker.mux_opening;
-        opening.set(opening.get() - 1);
+        self.worker.mux_opening.borrow_mut().push(addr);
+        let conn = self.checkout_conn(addr).await;
+        {
+            let mut opening = self.worker.mux_opening.borrow_mut();
+            if let Some(i) = opening.iter().position(|a| *a == addr) {
+                opening.swap_remove(i);
+            }
+        }
         match conn {
             Ok(conn) => {
-                let mux = multiplex::start(conn);
+                let mux = multiplex::start(conn, server.clone());
                 self.worker.mux.borrow_mut().push(mux.clone());
                 Some(mux)
             }
             Err(e) => {
                 debug!(error = %e, "no connection to multiplex on");
+                if server.role == crate::topology::Role::Replica {
+                    server.suspect();
+                }
                 best
             }
         }
@@ -204,11 +240,29 @@ impl Session {
 
     /// Moves what the multiplexed connection collected for this session into `cout`.
     pub(super) fn take_mux_answer(&mut self) {
+        if self.mux_out.done.get() && self.mux_out.lost_clean.replace(false) {
+            // The replica failed before answering: the segment goes back to be routed again.
+            self.mux_inflight = false;
+            if self.retry.put_back(&mut self.cin) {
+                // `now` is for a held connection's retry; this one is handled by the caller.
+                self.retry.now = false;
+                return;
+            }
+            let lost = SessionError::BackendLost {
+                server: self.primary_addr(),
+                reason: "a multiplexed connection failed".into(),
+            };
+            lost.write_to(&mut self.cout);
+            be::write_ready_for_query(&mut self.cout, be::TX_IDLE);
+            return;
+        }
         let mut buf = self.mux_out.buf.borrow_mut();
         self.cout.extend_from_slice(&buf);
         buf.clear();
         if self.mux_out.done.get() {
             self.mux_inflight = false;
+            drop(buf);
+            self.retry.disarm();
         }
     }
 

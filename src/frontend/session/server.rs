@@ -59,6 +59,10 @@ impl Session {
                 self.emit_synthetic_front();
             }
         }
+        if off > 0 {
+            // Part of the answer reached the client: the request can no longer move elsewhere.
+            self.retry.disarm();
+        }
         if rbuf.len() - off >= 5 && peek_header(&rbuf[off..], usize::MAX).is_err() {
             result = Err("the server sent a malformed message".into());
         }
@@ -72,6 +76,10 @@ impl Session {
 
     /// Updates the session for one server frame; returns whether the client sees it.
     pub(super) fn on_backend_frame(&mut self, tag: u8, body: &[u8]) -> Result<bool, String> {
+        if let Some(&Pending::Internal { wal_position }) = self.pending.front() {
+            self.on_internal_frame(tag, body, wal_position);
+            return Ok(false);
+        }
         let conn = self
             .backend
             .as_mut()
@@ -82,6 +90,10 @@ impl Session {
             }
             be::READY_FOR_QUERY => {
                 conn.tx_status = body.first().copied().unwrap_or(be::TX_IDLE);
+                self.begun = false;
+                if conn.tx_status == be::TX_IDLE && self.tx_wrote {
+                    self.after_write_transaction();
+                }
                 match self.pending.pop_front() {
                     Some(p) if p.ends_with_ready() => {
                         if self.pending.is_empty()
