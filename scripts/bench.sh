@@ -59,12 +59,19 @@ PPORT=${PRIMARY##*:}
 export PGPASSWORD=secret
 DIRECT="host=127.0.0.1 port=$PPORT user=app dbname=app"
 PROXY="host=127.0.0.1 port=$PORT user=app dbname=app"
-# The same server settings as shared/baseline.md: shared_buffers 256MB, synchronous_commit off.
-psql -X -q "host=127.0.0.1 port=$PPORT user=postgres password=postgres dbname=app" \
-    -c "ALTER SYSTEM SET synchronous_commit = off" -c "ALTER SYSTEM SET shared_buffers = '256MB'" > /dev/null
+# The same server settings as shared/baseline.md on every server: shared_buffers 256MB,
+# synchronous_commit off (ALTER SYSTEM works on a standby too; its file is not replicated).
+REPLICAS=$(sed -n '/^\[\[shards\]\]/,$ s/^replicas = \[\(.*\)\]/\1/p' "$MAP" | head -1 | tr -d '" ' | tr ',' ' ')
+RPORT=$(echo "$REPLICAS" | awk '{print $1}'); RPORT=${RPORT##*:}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 if [ "$(id -u)" = 0 ]; then AS_PG="runuser -u postgres --"; else AS_PG=""; fi
-$AS_PG "$PGBIN/pg_ctl" -D "$WORK/cluster/s0-primary" -w -t 60 restart -m fast > /dev/null
+for addr in "$PRIMARY" $REPLICAS; do
+    psql -X -q "host=127.0.0.1 port=${addr##*:} user=postgres password=postgres dbname=app" \
+        -c "ALTER SYSTEM SET synchronous_commit = off" -c "ALTER SYSTEM SET shared_buffers = '256MB'" > /dev/null
+done
+for dir in "$WORK"/cluster/s0-*; do
+    $AS_PG "$PGBIN/pg_ctl" -D "$dir" -w -t 60 restart -m fast > /dev/null
+done
 echo "loading pgbench scale $SCALE into the primary (port $PPORT)..."
 pgbench -i -q -s "$SCALE" "$DIRECT" > /dev/null 2>&1
 
@@ -85,6 +92,7 @@ SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 EOF
 
 TARGETS="direct shardgate"
+READ_TARGETS="direct_replica"
 if [ "$PGBOUNCER" = 1 ]; then
     command -v pgbouncer > /dev/null || { echo "PGBOUNCER=1 needs pgbouncer (apt-get install -y pgbouncer)"; exit 1; }
     BPORT=$((PORT + 1))
@@ -126,6 +134,7 @@ fi
 conn_for() { # target workload
     case $1 in
         direct) echo "$DIRECT" ;;
+        direct_replica) echo "host=127.0.0.1 port=$RPORT user=app dbname=app" ;;
         shardgate) echo "$PROXY" ;;
         shardgate_noryw) echo "host=127.0.0.1 port=$NPORT user=app dbname=app" ;;
         pgbouncer) if [ "$2" = prepared ]; then echo "host=127.0.0.1 port=$BPORT user=app dbname=app_session"; else echo "host=127.0.0.1 port=$BPORT user=app dbname=app"; fi ;;
@@ -191,14 +200,16 @@ done
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS"
     for workload in prepared simple tpcb; do
-        for target in $TARGETS; do
+        targets=$TARGETS
+        [ "$workload" != tpcb ] && targets="$TARGETS $READ_TARGETS"
+        for target in $targets; do
             run_one "$round" "$target" "$workload" "$CLIENTS" "$DURATION"
         done
     done
     for target in direct shardgate shardgate_noryw; do
         run_one "$round" "$target" rw "$CLIENTS" "$DURATION"
     done
-    for target in $TARGETS; do
+    for target in $TARGETS $READ_TARGETS; do
         run_one "$round" "$target" prepared 1 "$((DURATION / 2 > 2 ? DURATION / 2 : 2))"
     done
 done
@@ -212,6 +223,7 @@ for workload in prepared simple tpcb rw; do
         [ "$clients" = 1 ] && [ "$workload" != prepared ] && continue
         targets=$TARGETS
         [ "$workload" = rw ] && targets="direct shardgate shardgate_noryw"
+        if [ "$workload" = prepared ] || [ "$workload" = simple ]; then targets="$TARGETS $READ_TARGETS"; fi
         d=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $4}' "$RESULTS" | median)
         dl=$(awk -v w="$workload" -v c="$clients" '$1==w && $2==c && $3=="direct" {print $5}' "$RESULTS" | median)
         for target in $targets; do

@@ -29,6 +29,8 @@ pub struct Worker {
     pub sessions: Arc<AtomicUsize>,
     /// Multiplexed server connections (see `multiplex`), at most `mux_limit` per server.
     pub mux: RefCell<Vec<Rc<super::multiplex::MuxConn>>>,
+    /// `proxy.multiplex_connections` shared by the servers that take reads: the fewer connections
+    /// the segments are spread over, the more of them go out in one write.
     pub mux_limit: usize,
     /// Servers multiplexed connections are being opened to now (they count against `mux_limit`).
     pub mux_opening: RefCell<Vec<crate::config::ServerAddr>>,
@@ -117,11 +119,20 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                     let pools = Pools::new(&shared.config, workers);
                     // Multiplexed connections come out of the pool: leave at least three quarters
                     // of it to transactions.
-                    let mux_limit = shared
-                        .config
+                    let config = &shared.config;
+                    let readers = config.shards[0].replicas.len()
+                        + usize::from(
+                            config.routing.read_from_primary
+                                || config.shards[0].replicas.is_empty(),
+                        );
+                    let mux_limit = match config
                         .proxy
                         .multiplex_connections
-                        .min(pools.per_worker() / 4);
+                        .min(pools.per_worker() / 4)
+                    {
+                        0 => 0,
+                        n => (n / readers.max(1)).max(1),
+                    };
                     let worker = Worker {
                         pools,
                         mux: RefCell::new(Vec::new()),

@@ -147,13 +147,15 @@ struct Waiter {
     written: Option<Instant>,
     /// Part of the answer has been handed over.
     started: bool,
-    /// Counts the segment as running on the server.
-    _busy: BusyGuard,
+    /// Counts the segment as running on the server (for `least_connections` only: the count is
+    /// an atomic shared by every worker).
+    _busy: Option<BusyGuard>,
 }
 
 /// One multiplexed server connection, as sessions see it.
 pub struct MuxConn {
     pub server: Arc<ServerState>,
+    count_busy: bool,
     /// Segments queued by sessions, written by [`run`].
     pub out: RefCell<BytesMut>,
     /// Shared statements (`_sg_<id>`) the connection holds.
@@ -200,16 +202,17 @@ impl MuxConn {
             speed,
             written: None,
             started: false,
-            _busy: self.server.enter(),
+            _busy: self.count_busy.then(|| self.server.enter()),
         });
         self.flush.notify_one();
     }
 }
 
 /// Makes `conn` a multiplexed connection and starts its task on the current `LocalSet`.
-pub fn start(mut conn: Checkout, server: Arc<ServerState>) -> Rc<MuxConn> {
+pub fn start(mut conn: Checkout, server: Arc<ServerState>, count_busy: bool) -> Rc<MuxConn> {
     let mux = Rc::new(MuxConn {
         server,
+        count_busy,
         out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
         prepared: RefCell::new(std::mem::take(&mut conn.prepared)),
         settings: conn.settings.clone(),

@@ -224,7 +224,9 @@ impl Session {
         }
         match conn {
             Ok(conn) => {
-                let mux = multiplex::start(conn, server.clone());
+                let count_busy = self.worker.shared.config.routing.read_balance
+                    == crate::config::ReadBalance::LeastConnections;
+                let mux = multiplex::start(conn, server.clone(), count_busy);
                 self.worker.mux.borrow_mut().push(mux.clone());
                 Some(mux)
             }
