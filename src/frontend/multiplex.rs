@@ -351,7 +351,6 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
             return Err("the server sent an answer nobody asked for".into());
         };
         let body = &conn.rbuf[off + 5..off + h.frame_len];
-        front.started = true;
         let mut keep = true;
         match h.tag {
             be::PARSE_COMPLETE if front.swallow > 0 => {
@@ -384,6 +383,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
             _ => {}
         }
         if !keep {
+            front.started |= run_start < off;
             front
                 .out
                 .buf
@@ -415,6 +415,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
         // Part of a long answer: give the session what is here so far. From here on the session
         // writes this answer, since part of it sits in its buffer.
         if let Some(front) = waiters.front_mut() {
+            front.started = true;
             front.direct = None;
             front
                 .out

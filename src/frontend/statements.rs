@@ -65,10 +65,11 @@ impl StatementRegistry {
                 .or_default()
                 .clone()
         };
-        let plan = Arc::new(crate::router::classify(
-            &String::from_utf8_lossy(text),
-            opts,
-        ));
+        // Text that is not UTF-8 is something the router cannot read: the primary.
+        let plan = Arc::new(match std::str::from_utf8(text) {
+            Ok(sql) => crate::router::classify(sql, opts),
+            Err(_) => crate::router::Plan::unparsed(None),
+        });
         let stmt = Arc::new(Statement {
             plan,
             id,

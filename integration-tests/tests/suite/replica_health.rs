@@ -13,6 +13,7 @@ use crate::harness::{Ctx, ProxyUnderTest, block_on, connect, routed, tests, wait
 use crate::routing::simple_value;
 
 tests![
+    read_moves_when_its_replica_fails_before_answering,
     dead_replica_is_banned_and_readmitted,
     lagging_replica_leaves_reads_until_it_catches_up,
     reads_see_own_writes_from_a_delayed_replica,
@@ -89,6 +90,86 @@ fn reads_since(reads: &Reads, since: Instant) -> (Vec<u16>, Vec<String>) {
         }
     }
     (ok, failed)
+}
+
+/// A read whose replica connection dies before the first row (its backend terminated mid-query)
+/// is sent once more to the other replica: the client gets the answer, not an error. Simple and
+/// extended protocol.
+fn read_moves_when_its_replica_fails_before_answering(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let proxy = ctx.start_proxy(&ctx.routed_map("read_your_writes = false")?)?;
+        let c = Arc::new(proxy.client().await?);
+        let shard = &ctx.cluster()?.shards()[0];
+        for extended in [false, true] {
+            let marker = ctx.unique("doomed_read");
+            let sql = format!("SELECT inet_server_port(), pg_sleep(1) AS {marker}");
+            let client = c.clone();
+            let read = tokio::spawn(async move {
+                if extended {
+                    client
+                        .query_one(&sql, &[])
+                        .await
+                        .map(|r| r.get::<_, i32>(0) as u16)
+                        .map_err(|e| format!("{e:?}"))
+                } else {
+                    simple_value(&client, &sql)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                        .map(|v| v.parse().unwrap_or(0))
+                }
+            });
+            // Terminate the backend running it, from the server's side.
+            let killed = Arc::new(Mutex::new(None));
+            wait_until(
+                "the read to start on a replica",
+                Duration::from_secs(10),
+                || {
+                    let killed = killed.clone();
+                    let marker = marker.clone();
+                    async move {
+                        for r in &shard.replicas {
+                            let Ok(s) = connect(&r.superuser_conninfo("app")).await else {
+                                continue;
+                            };
+                            let hit = s
+                                .query_opt(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                                 WHERE state = 'active' AND query LIKE '%' || $1 || '%' \
+                                 AND pid <> pg_backend_pid()",
+                                    &[&marker],
+                                )
+                                .await
+                                .ok()
+                                .flatten()
+                                .is_some();
+                            if hit {
+                                *killed.lock().unwrap() = Some(r.port);
+                                return true;
+                            }
+                        }
+                        false
+                    }
+                },
+            )
+            .await?;
+            let killed = killed.lock().unwrap().context("no replica ran it")?;
+            let answered = read.await?.map_err(|e| {
+                anyhow::anyhow!("extended={extended}: the read failed instead of moving: {e}")
+            })?;
+            let other: Vec<u16> = shard
+                .replicas
+                .iter()
+                .map(|r| r.port)
+                .filter(|p| *p != killed)
+                .collect();
+            assert_eq!(
+                vec![answered],
+                other,
+                "extended={extended}: answered by {answered}, its first replica was {killed}"
+            );
+        }
+        Ok(())
+    })
 }
 
 /// `pg_ctl stop -m immediate` on a replica under a read load: once banned it gets no reads and no

@@ -61,7 +61,9 @@ impl Session {
             let frame = &cin[off..off + header.frame_len];
             match self.on_client_frame(header.tag, frame).await {
                 Ok(Flow::Continue) => {
-                    self.retry.record(header.tag, frame);
+                    if !self.retry.record(header.tag, frame) {
+                        self.disarm_retry();
+                    }
                     off += header.frame_len;
                 }
                 Ok(Flow::Wait) => {
@@ -472,7 +474,7 @@ impl Session {
     /// Sends the made-up answers at the front of `pending`.
     pub(super) fn emit_synthetic_front(&mut self) {
         while self.pending.front().is_some_and(Pending::is_synthetic) {
-            self.retry.disarm();
+            self.disarm_retry();
             let p = self.pending.pop_front().expect("front exists");
             self.write_synthetic(p);
         }

@@ -28,6 +28,8 @@ impl Session {
                     *started = Instant::now();
                 }
                 if let Some(begin) = self.deferred_begin.take() {
+                    // The BEGIN is not among the frames a retry would send again.
+                    self.disarm_retry();
                     self.conn().wbuf.extend_from_slice(&begin);
                     self.pending.push_back(Pending::Internal {
                         wal_position: false,
@@ -77,7 +79,7 @@ impl Session {
     pub(super) fn release(&mut self) {
         if let Some(conn) = self.backend.take() {
             self.held = None;
-            self.retry.disarm();
+            self.disarm_retry();
             self.cancel.set(None);
             self.unnamed_on = None;
             if conn.broken || conn.prepared.len() > MAX_PREPARED_PER_CONN {

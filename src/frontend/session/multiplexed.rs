@@ -105,7 +105,9 @@ impl Session {
         // Kept until the answer starts, to go to another server if this one fails first.
         if server.role == crate::topology::Role::Replica {
             self.retry.arm(server.addr);
-            self.retry.record(fe::QUERY, &buf[..len]);
+            if !self.retry.record(fe::QUERY, &buf[..len]) {
+                self.disarm_retry();
+            }
         }
         // With nothing of ours waiting to go out, the answer may go straight to the client socket.
         let direct = self.cout.is_empty().then(|| self.client.clone());
@@ -245,6 +247,7 @@ impl Session {
         if self.mux_out.done.get() && self.mux_out.lost_clean.replace(false) {
             // The replica failed before answering: the segment goes back to be routed again.
             self.mux_inflight = false;
+            self.mux_out.buf.borrow_mut().clear();
             if self.retry.put_back(&mut self.cin) {
                 // `now` is for a held connection's retry; this one is handled by the caller.
                 self.retry.now = false;
@@ -264,7 +267,7 @@ impl Session {
         if self.mux_out.done.get() {
             self.mux_inflight = false;
             drop(buf);
-            self.retry.disarm();
+            self.disarm_retry();
         }
     }
 

@@ -67,6 +67,9 @@ pub(super) struct Retry {
     armed: bool,
     /// The replica the request went to.
     server: Option<ServerAddr>,
+    /// Answer frames that only describe the answer (ParseComplete, RowDescription, ...), held back
+    /// from the client while the request may still move.
+    held: BytesMut,
     /// After a failure: the server to leave out of the next choice.
     pub(super) exclude: Option<ServerAddr>,
     /// After a failure: `frames` are back in the client buffer and must be handled again.
@@ -89,31 +92,42 @@ impl Retry {
         let mut frames = std::mem::take(&mut self.frames);
         frames.extend_from_slice(cin);
         *cin = frames;
+        self.held.clear();
         self.armed = false;
         self.exclude = self.server.take();
         self.now = true;
         true
     }
 
-    pub(super) fn disarm(&mut self) {
-        if self.armed {
-            self.armed = false;
-            self.frames.clear();
-            if self.frames.capacity() > RETRY_LIMIT {
-                self.frames = BytesMut::new();
-            }
+    /// Ends the chance of a retry; returns the held-back answer frames, which now go to the
+    /// client (use `Session::disarm_retry`).
+    #[must_use]
+    fn disarm(&mut self) -> Option<BytesMut> {
+        if !self.armed {
+            return None;
         }
+        self.armed = false;
+        self.frames.clear();
+        if self.frames.capacity() > RETRY_LIMIT {
+            self.frames = BytesMut::new();
+        }
+        (!self.held.is_empty()).then(|| self.held.split())
+    }
+
+    pub(super) fn hold(&mut self, frame: &[u8]) {
+        self.held.extend_from_slice(frame);
     }
 
     pub(super) fn is_armed(&self) -> bool {
         self.armed
     }
 
-    /// Keeps a frame the held connection was sent; frames that cannot simply be sent again
-    /// (a named Parse, COPY data, a function call) end the chance of a retry.
-    pub(super) fn record(&mut self, tag: u8, frame: &[u8]) {
+    /// Keeps a frame the held connection was sent. Returns false for a frame that cannot simply
+    /// be sent again (a named Parse, COPY data, a function call, too much): the caller then ends
+    /// the chance of a retry.
+    pub(super) fn record(&mut self, tag: u8, frame: &[u8]) -> bool {
         if !self.armed {
-            return;
+            return true;
         }
         let replayable = match tag {
             fe::QUERY | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::SYNC | fe::FLUSH => true,
@@ -121,11 +135,24 @@ impl Retry {
             _ => false,
         };
         if !replayable || self.frames.len() + frame.len() > RETRY_LIMIT {
-            self.disarm();
-        } else {
-            self.frames.extend_from_slice(frame);
+            return false;
         }
+        self.frames.extend_from_slice(frame);
+        true
     }
+}
+
+/// Answer frames that describe an answer without being part of its result: a read that failed
+/// after only these may still go to another server.
+pub(super) fn describes_only(tag: u8) -> bool {
+    matches!(
+        tag,
+        be::PARSE_COMPLETE
+            | be::BIND_COMPLETE
+            | be::ROW_DESCRIPTION
+            | be::PARAMETER_DESCRIPTION
+            | be::NO_DATA
+    )
 }
 
 /// The internal query that reads the WAL position after a client's write transaction.
@@ -139,6 +166,13 @@ pub(super) fn parse_lsn(text: &[u8]) -> Option<u64> {
 }
 
 impl Session {
+    /// Ends the chance of a retry; what was held back goes to the client.
+    pub(super) fn disarm_retry(&mut self) {
+        if let Some(held) = self.retry.disarm() {
+            self.cout.extend_from_slice(&held);
+        }
+    }
+
     /// The routing plan of a SQL text, from this worker's cache.
     pub(super) fn plan_text(&self, text: &[u8]) -> Arc<Plan> {
         let plan = self.worker.routes.borrow_mut().plan(text);

@@ -1,5 +1,6 @@
 //! Server → client: frames scanned by tag, copied through in runs, answers owed popped in order.
 
+use super::route;
 use super::*;
 
 impl Session {
@@ -48,9 +49,21 @@ impl Session {
                     break;
                 }
             };
+            let frame = &rbuf[off..off + h.frame_len];
             if !forward {
                 self.cout.extend_from_slice(&rbuf[run..off]);
                 run = off + h.frame_len;
+            } else if self.retry.is_armed() {
+                // A read that may still move to another server: hold back what only describes the
+                // answer; the first row (or anything else) makes it the client's for good.
+                self.cout.extend_from_slice(&rbuf[run..off]);
+                run = off + h.frame_len;
+                if route::describes_only(h.tag) {
+                    self.retry.hold(frame);
+                } else {
+                    self.disarm_retry();
+                    self.cout.extend_from_slice(frame);
+                }
             }
             off += h.frame_len;
             if self.pending.front().is_some_and(Pending::is_synthetic) {
@@ -58,10 +71,6 @@ impl Session {
                 run = off;
                 self.emit_synthetic_front();
             }
-        }
-        if off > 0 {
-            // Part of the answer reached the client: the request can no longer move elsewhere.
-            self.retry.disarm();
         }
         if rbuf.len() - off >= 5 && peek_header(&rbuf[off..], usize::MAX).is_err() {
             result = Err("the server sent a malformed message".into());
