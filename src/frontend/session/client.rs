@@ -195,6 +195,9 @@ impl Session {
         self.note_sent(&plan);
         self.conn().wbuf.extend_from_slice(frame);
         self.pending.push_back(Pending::SimpleQuery);
+        if self.commits_here(&plan) {
+            self.append_wal_position();
+        }
         Ok(Flow::Continue)
     }
 
@@ -220,6 +223,9 @@ impl Session {
                 let copy_ends = self.copy_ends;
                 self.pending.push_back(Pending::Sync { copy_ends });
                 self.server_skipping = false;
+                if std::mem::take(&mut self.wal_at_sync) {
+                    self.append_wal_position();
+                }
             }
             None => {
                 let status = self.client_tx_status();
@@ -364,7 +370,12 @@ impl Session {
         }
         self.in_segment = true;
         match plan {
-            Some(p) => self.note_sent(&p),
+            Some(p) => {
+                self.note_sent(&p);
+                if self.commits_here(&p) {
+                    self.wal_at_sync = true;
+                }
+            }
             None => self.tx_wrote = true,
         }
         match self.prepare_on_conn(stmt_name) {

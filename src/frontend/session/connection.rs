@@ -170,6 +170,7 @@ impl Session {
         let in_tx = conn.tx_status != be::TX_IDLE || self.begun;
         self.begun = false;
         self.tx_wrote = false;
+        self.wal_at_sync = false;
         drop(Checkout::take(conn));
         warn!(%server, %reason, "lost a server connection");
         let err = SessionError::BackendLost { server, reason };

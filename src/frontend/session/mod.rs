@@ -143,6 +143,8 @@ pub struct Session {
     target: route::Target,
     min_lsn: u64,
     tx_wrote: bool,
+    /// The open segment commits a write: read the WAL position after its Sync.
+    wal_at_sync: bool,
     /// A BEGIN went to the held connection since its last ReadyForQuery.
     begun: bool,
     /// A simple-query BEGIN not sent yet: the statement after it decides the server (SET
@@ -213,6 +215,7 @@ impl Session {
             target: route::Target::Auto,
             min_lsn: 0,
             tx_wrote: false,
+            wal_at_sync: false,
             begun: false,
             deferred_begin: None,
             waiting: false,

@@ -361,11 +361,42 @@ impl Session {
     /// connection, without holding up the client (its ReadyForQuery is already on the way).
     pub(super) fn after_write_transaction(&mut self) {
         self.tx_wrote = false;
-        if !self.worker.shared.config.routing.read_your_writes
-            || self.held_role() != Some(Role::Primary)
-        {
-            return;
+        if self.tracks_writes() {
+            self.append_wal_position();
         }
+    }
+
+    /// Read-your-writes applies to the held connection: on, a primary, replicas to read from.
+    fn tracks_writes(&self) -> bool {
+        self.worker.shared.config.routing.read_your_writes
+            && self.held_role() == Some(Role::Primary)
+            && !self.worker.shared.topology.shards[0].replicas.is_empty()
+    }
+
+    /// Whether the statement with this plan, just sent, ends a write transaction: COMMIT of a
+    /// transaction that wrote, or a write outside a transaction block.
+    pub(super) fn commits_here(&self, plan: &Plan) -> bool {
+        if !self.tracks_writes() {
+            return false;
+        }
+        match plan.tx {
+            TxControl::End => self.tx_wrote,
+            TxControl::None => {
+                plan.writes
+                    && !self.begun
+                    && self
+                        .backend
+                        .as_ref()
+                        .is_some_and(|b| b.tx_status == be::TX_IDLE)
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends the WAL position query right behind what the connection was just sent, in the same
+    /// write: the server runs it as soon as the commit is done, and its answer stays with shardgate.
+    pub(super) fn append_wal_position(&mut self) {
+        self.tx_wrote = false;
         let conn = self.conn();
         fe::write_query(&mut conn.wbuf, WAL_POSITION_SQL);
         self.pending
