@@ -31,6 +31,7 @@ pub mod cancel;
 pub mod config;
 pub mod errors;
 pub mod frontend;
+pub mod hash;
 pub mod health;
 pub mod localcluster;
 pub mod pool;

@@ -39,6 +39,13 @@ enum Command {
     },
     /// Validate the shard map and exit.
     CheckConfig,
+    /// Print the shard hash of a key of a sharded table, and the shard it belongs to.
+    Hash {
+        /// A table listed in [[tables]].
+        table: String,
+        /// The key, as text (`42`, `alice@example.com`, a uuid).
+        value: String,
+    },
 }
 
 fn init_tracing() {
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Hash { table, value } => hash(&cli.config, &table, &value),
         Command::Demo {
             dir,
             listen,
@@ -83,6 +91,46 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `shardgate hash TABLE VALUE`: the hash contract (see `shardgate::hash`) applied to one key.
+fn hash(path: &std::path::Path, table: &str, value: &str) -> ExitCode {
+    let config = match shardgate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardgate: invalid shard map: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(t) = config.table(table) else {
+        let known: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
+        eprintln!(
+            "shardgate hash: table \"{table}\" is not in [[tables]] of {} (sharded tables: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(2);
+    };
+    let key = match shardgate::hash::ShardKey::from_text(t.key_type, value) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("shardgate hash: {e} (column {}.{})", t.name, t.shard_key);
+            return ExitCode::from(2);
+        }
+    };
+    let h = key.hash();
+    let shard = config.shard_for_hash(h);
+    println!(
+        "table={} key_type={} key={value} hash={h} shard={}",
+        t.name,
+        t.key_type.as_str(),
+        shard.name
+    );
+    ExitCode::SUCCESS
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

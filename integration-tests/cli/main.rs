@@ -32,6 +32,54 @@ fn check(map: &str) -> (Option<i32>, String) {
     )
 }
 
+/// `shardgate hash TABLE VALUE` prints the contract's hash (pinned here, computed independently
+/// with Python's mmh3) and the shard whose range holds it; mistakes exit 2 with one line.
+#[test]
+fn hash_prints_the_contract_hash_and_shard() {
+    let map = example_map().replace("range = [0, 4294967296]", "range = [0, 2147483648]")
+        + "\n[[shards]]\nname = \"s1\"\nrange = [2147483648, 4294967296]\nprimary = \"127.0.0.1:5435\"\n\
+           \n[[tables]]\nname = \"users\"\nshard_key = \"id\"\n\
+           \n[[tables]]\nname = \"events\"\nshard_key = \"email\"\nkey_type = \"text\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("map.toml");
+    std::fs::write(&path, map).unwrap();
+    let hash = |table: &str, value: &str| {
+        let out = Command::new(BIN)
+            .arg("hash")
+            .arg("--config")
+            .arg(&path)
+            .args([table, value])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    assert_eq!(
+        hash("users", "42"),
+        (
+            Some(0),
+            "table=users key_type=bigint key=42 hash=1871679806 shard=s0".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        hash("events", "alice@example.com").1,
+        "table=events key_type=text key=alice@example.com hash=3238921446 shard=s1"
+    );
+    let (code, _, err) = hash("orders", "1");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("\"orders\" is not in [[tables]]") && err.contains("users, events"),
+        "{err}"
+    );
+    let (code, _, err) = hash("users", "forty-two");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not a valid bigint shard key"), "{err}");
+}
+
 #[test]
 fn the_example_map_is_valid() {
     let (code, stderr) = check(&example_map());

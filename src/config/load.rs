@@ -103,7 +103,34 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid("backend.database", "is empty"));
     }
     validate_routing(c)?;
-    validate_shards(c)
+    validate_shards(c)?;
+    validate_tables(c)
+}
+
+fn validate_tables(c: &Config) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, t) in c.tables.iter().enumerate() {
+        let key = format!("tables[{i}]");
+        if t.name.trim().is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "is empty"));
+        }
+        if !names.insert(t.name.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("table \"{}\" is listed twice", t.name),
+            ));
+        }
+        if t.shard_key.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.shard_key"),
+                format!(
+                    "table \"{}\" needs the column its rows are sharded by",
+                    t.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_routing(c: &Config) -> Result<(), ConfigError> {
@@ -239,6 +266,24 @@ impl Config {
         ServerAddr(resolve(self.shards[0].primary.addr()).expect("validated at load"))
     }
 
+    /// The sharded table `name` (unquoted names compare case-insensitively; a schema prefix is
+    /// ignored).
+    pub fn table(&self, name: &str) -> Option<&super::TableConfig> {
+        let bare = name.rsplit('.').next().unwrap_or(name).trim_matches('"');
+        self.tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(bare) || t.name == bare)
+    }
+
+    /// The shard whose range holds `hash`.
+    pub fn shard_for_hash(&self, hash: u32) -> &super::ShardConfig {
+        let h = u64::from(hash);
+        self.shards
+            .iter()
+            .find(|s| s.range[0] <= h && h < s.range[1])
+            .expect("validated: the ranges cover the hash space")
+    }
+
     /// The number of event-loop threads to run.
     pub fn worker_count(&self) -> usize {
         match self.proxy.workers {
@@ -309,6 +354,37 @@ mod tests {
     fn no_users() {
         let text = GOOD.replace("[[users]]\nname = \"app\"\npassword = \"secret\"\n", "");
         assert!(err(&text).starts_with("users:"));
+    }
+
+    #[test]
+    fn tables_and_key_types() {
+        let two = GOOD.replace("range = [0, 4294967296]", "range = [0, 2147483648]")
+            + "\n[[shards]]\nname = \"s1\"\nrange = [2147483648, 4294967296]\nprimary = \"127.0.0.1:5435\"\n";
+        let with_tables = format!(
+            "{two}\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\n\n[[tables]]\nname = \"events\"\nshard_key = \"user_email\"\nkey_type = \"text\"\n"
+        );
+        let c = load_str(&with_tables, "test").unwrap();
+        assert_eq!(
+            c.table("USERS").unwrap().key_type,
+            crate::hash::KeyType::Bigint
+        );
+        assert_eq!(
+            c.table("public.events").unwrap().key_type,
+            crate::hash::KeyType::Text
+        );
+        assert!(c.table("orders").is_none());
+        assert_eq!(c.shard_for_hash(0).name, "s0");
+        assert_eq!(c.shard_for_hash(0x7fff_ffff).name, "s0");
+        assert_eq!(c.shard_for_hash(0x8000_0000).name, "s1");
+        assert_eq!(c.shard_for_hash(u32::MAX).name, "s1");
+        let e = err(&format!(
+            "{with_tables}\n[[tables]]\nname = \"Users\"\nshard_key = \"id\"\n"
+        ));
+        assert!(e.starts_with("tables[2].name:"), "{e}");
+        let e = err(&format!(
+            "{two}\n[[tables]]\nname = \"t\"\nshard_key = \"id\"\nkey_type = \"money\"\n"
+        ));
+        assert!(e.contains("money") && e.contains("bigint"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,19 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub shards: Vec<ShardConfig>,
+    /// Sharded tables; tables not listed here are not sharded.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// A sharded table: its rows are spread over the shards by the hash of `shard_key`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    pub shard_key: String,
+    #[serde(default)]
+    pub key_type: crate::hash::KeyType,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

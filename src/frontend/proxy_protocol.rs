@@ -172,17 +172,16 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolErr
 /// `buf` is non-empty and starts with (a prefix of) the v2 signature.
 fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolError> {
     // Everything that the fixed part can get wrong is reported before waiting for the rest.
-    let Some(&[ver_cmd, family, len_hi, len_lo]) = buf.get(V2_SIGNATURE.len()..V2_FIXED) else {
+    let Some(len) = v2_total_len(buf) else {
         return Ok(None);
     };
+    let (ver_cmd, family, body_len) = (buf[12], buf[13], len - V2_FIXED);
     if ver_cmd >> 4 != 2 {
         return Err(malformed(format!(
             "a v2 header has version 2, not {}",
             ver_cmd >> 4
         )));
     }
-    let body_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-    let len = V2_FIXED + body_len;
     let local = match ver_cmd & 0x0f {
         // LOCAL: the address block, family included, is to be ignored.
         0x0 => true,
@@ -245,6 +244,14 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolErr
     Ok(Some((header, len)))
 }
 
+/// A v2 header's whole length, once `buf` holds its fixed part.
+fn v2_total_len(buf: &[u8]) -> Option<usize> {
+    let fixed = buf
+        .get(..V2_FIXED)
+        .filter(|f| f.starts_with(V2_SIGNATURE))?;
+    Some(V2_FIXED + usize::from(u16::from_be_bytes([fixed[14], fixed[15]])))
+}
+
 /// Reads the header from `stream`, taking no byte after it, within `timeout`.
 pub async fn read_header(
     stream: &mut TcpStream,
@@ -289,11 +296,8 @@ async fn read_in_parts(stream: &mut TcpStream) -> Result<ProxyHeader, ProxyProto
             // Only ever reached with `len == buf.len()`: a v1 header is complete at the read that
             // brings its LF, a v2 one at the read of exactly its length.
             Some((header, _)) => return Ok(header),
-            None => match buf.get(V2_SIGNATURE.len() + 2..V2_FIXED) {
-                // `parse` waits for more only while the v2 body is incomplete.
-                Some(&[hi, lo]) => V2_FIXED + usize::from(u16::from_be_bytes([hi, lo])) - buf.len(),
-                _ => 1,
-            },
+            // v2 waits for more, after its fixed part, only while the rest is incomplete.
+            None => v2_total_len(&buf).map_or(1, |total| total.saturating_sub(buf.len()).max(1)),
         };
         let start = buf.len();
         buf.resize(start + more, 0);
