@@ -39,6 +39,11 @@ enum Command {
     },
     /// Validate the shard map and exit.
     CheckConfig,
+    /// Print where a statement would go: shards, primary or replica, and why.
+    Route {
+        /// The SQL text.
+        sql: String,
+    },
     /// Print the shard hash of a key of a sharded table, and the shard it belongs to.
     Hash {
         /// A table listed in [[tables]].
@@ -73,6 +78,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Hash { table, value } => hash(&cli.config, &table, &value),
+        Command::Route { sql } => match shardgate::config::load(&cli.config) {
+            Ok(config) => {
+                println!("{}", shardgate::router::shard::explain(&sql, &config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardgate: invalid shard map: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Demo {
             dir,
             listen,

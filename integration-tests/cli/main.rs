@@ -78,6 +78,36 @@ fn hash_prints_the_contract_hash_and_shard() {
     let (code, _, err) = hash("users", "forty-two");
     assert_eq!(code, Some(2));
     assert!(err.contains("not a valid bigint shard key"), "{err}");
+
+    // `shardgate route` explains a statement's route with the same hash.
+    let route = |sql: &str| {
+        let out = Command::new(BIN)
+            .arg("route")
+            .arg("--config")
+            .arg(&path)
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        route("SELECT * FROM users WHERE id = 42"),
+        "shards=s0 role=replica why: users.id = 42 (hash 1871679806) -> s0"
+    );
+    assert_eq!(
+        route("UPDATE users SET name = 'x' WHERE id IN (42, $2)"),
+        "shards=unknown (the shard key is parameter $2, not bound) role=primary why: users.id = 42 (hash 1871679806) -> s0, $2 (known at Bind)"
+    );
+    assert_eq!(
+        route("SELECT count(*) FROM users"),
+        "shards=s0,s1 role=replica why: no usable condition on the shard key of users: every shard"
+    );
+    assert_eq!(
+        route("CREATE TABLE audit (a int)"),
+        "shards=s0,s1 role=primary why: no sharded table: DDL and writes go to every shard"
+    );
+    assert!(route("UPDATE users SET id = 1 WHERE id = 2").starts_with("refused (0A000)"));
 }
 
 #[test]

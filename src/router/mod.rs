@@ -15,6 +15,7 @@ pub mod hint;
 mod lex;
 pub mod local;
 pub mod normalize;
+pub mod shard;
 
 pub use cache::RouteCache;
 pub use classify::{ClassifyOptions, Plan, TxControl, classify};
