@@ -39,5 +39,6 @@ pub mod protocol;
 pub mod router;
 pub mod session_state;
 pub mod topology;
+pub mod twophase;
 
 pub use frontend::listener::{ProxyHandle, start};

@@ -14,6 +14,7 @@ mod rawclient;
 mod replica_health;
 mod routing;
 mod smoke;
+mod twophase;
 mod wire;
 mod wire_copy;
 mod wire_messages;
@@ -40,6 +41,7 @@ const MODULES: &[&[Test]] = &[
     routing::TESTS,
     balancing::TESTS,
     replica_health::TESTS,
+    twophase::TESTS,
 ];
 
 fn main() {
