@@ -333,6 +333,20 @@ fn hints_and_session_target(ctx: &Ctx) -> anyhow::Result<()> {
             .expect_err("shardgate settings in a multi-statement query");
         assert_eq!(err.code().map(|s| s.code()), Some("0A000"));
         assert_eq!(simple_value(&c, "SHOW shardgate.target").await?, "replica");
+
+        // SHOW shardgate.route FOR <sql> explains a route, in both protocols.
+        let why = simple_value(&c, "SHOW shardgate.route FOR SELECT 1;").await?;
+        assert_eq!(
+            why,
+            "shards=any one role=replica why: no sharded table: one shard"
+        );
+        let row = c
+            .query_one("SHOW shardgate.route FOR INSERT INTO t VALUES (1)", &[])
+            .await?;
+        assert_eq!(
+            row.get::<_, String>(0),
+            "shards=s0 role=primary why: no sharded table: DDL and writes go to every shard"
+        );
         Ok(())
     })
 }

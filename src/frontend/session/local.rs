@@ -1,5 +1,6 @@
 //! `SET`, `RESET` and `SHOW shardgate.<name>`: session settings of the proxy itself, answered by
-//! the proxy in the simple and the extended protocol, never sent to a server.
+//! the proxy in the simple and the extended protocol, never sent to a server; and
+//! `SHOW shardgate.route FOR <sql>`, which explains where `<sql>` would go.
 
 use std::collections::HashMap;
 
@@ -86,9 +87,34 @@ enum Outcome {
     Show { name: String, value: String },
 }
 
+/// `SHOW shardgate.route FOR <sql>`: the SQL whose route to explain.
+fn route_query(text: &str) -> Option<&str> {
+    fn word<'a>(s: &'a str, w: &str) -> Option<&'a str> {
+        let s = s.trim_start();
+        (s.len() >= w.len() && s[..w.len()].eq_ignore_ascii_case(w)).then(|| &s[w.len()..])
+    }
+    let rest = word(text, "show")?;
+    let rest = word(rest, "shardgate.route")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = word(rest, "for")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let sql = rest.trim().trim_end_matches(';').trim_end();
+    (!sql.is_empty()).then_some(sql)
+}
+
 impl Session {
     fn run_local(&mut self, text: &[u8]) -> Result<Outcome, SessionError> {
         let text = String::from_utf8_lossy(text);
+        if let Some(sql) = route_query(&text) {
+            return Ok(Outcome::Show {
+                name: "shardgate.route".into(),
+                value: crate::router::shard::explain(sql, &self.worker.shared.config),
+            });
+        }
         let command = match sql::parse(&text) {
             Some(Ok(c)) => c,
             Some(Err(message)) => return Err(SessionError::ShardgateCommand(message)),
@@ -158,7 +184,9 @@ impl Session {
         if kind == b'S' {
             be::write_no_parameters(&mut out);
         }
-        match sql::parse(&String::from_utf8_lossy(&text)) {
+        let text = String::from_utf8_lossy(&text);
+        match sql::parse(&text) {
+            _ if route_query(&text).is_some() => be::write_text_column(&mut out, "shardgate.route"),
             Some(Ok(LocalCommand::Show { name })) => {
                 be::write_text_column(&mut out, &format!("shardgate.{name}"))
             }
