@@ -12,6 +12,7 @@ tests![
     transactions_follow_their_access_mode,
     hints_and_session_target,
     explain_follows_its_statement,
+    pipelined_write_waits_for_the_reads_before_it,
 ];
 
 /// The first column of the last row of a simple query, as text.
@@ -386,6 +387,70 @@ fn explain_follows_its_statement(ctx: &Ctx) -> anyhow::Result<()> {
             let on_primary = seen_on[0] == shard.primary.port;
             assert_eq!(!on_primary, replica, "{sql} ran on port {}", seen_on[0]);
         }
+        Ok(())
+    })
+}
+
+/// A client that pipelines reads and writes without waiting (simple queries in one write, and
+/// extended-protocol segments in one write): the reads run on a replica, the write waits for the
+/// replica connection's answers and then runs on the primary, and a read behind it stays on the
+/// primary connection it is queued on (it sees the write); answers come back in order.
+fn pipelined_write_waits_for_the_reads_before_it(ctx: &Ctx) -> anyhow::Result<()> {
+    use crate::rawclient::{Frames, RawClient, text_row, with_tag};
+    use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+    block_on(async {
+        let t = ctx.unique("route_pipe");
+        ctx.direct_client()
+            .await?
+            .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+            .await?;
+        let proxy = ctx.start_proxy(&ctx.routed_map("read_your_writes = false")?)?;
+        let mut c =
+            RawClient::connect(proxy.addr(), APP_USER, APP_PASSWORD, APP_DATABASE, &[]).await?;
+        let read = "SELECT pg_is_in_recovery()::text";
+        let write = format!("INSERT INTO {t} VALUES (1) RETURNING pg_is_in_recovery()::text");
+        let simple = Frames::new()
+            .query(read)
+            .query(read)
+            .query(&write)
+            .query(read)
+            .finish();
+        c.send(&simple).await?;
+        let msgs = c.read_until_ready_n(4).await?;
+        let got: Vec<String> = with_tag(&msgs, b'D')
+            .iter()
+            .map(|b| text_row(b).map(|r| r[0].clone().unwrap_or_default()))
+            .collect::<anyhow::Result<_>>()?;
+        assert_eq!(got, ["true", "true", "false", "false"], "simple pipeline");
+
+        let extended = Frames::new()
+            .parse("", read, &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .sync()
+            .parse("", &write, &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .sync()
+            .parse("", read, &[])
+            .bind("", "", &[], &[], &[])
+            .execute("", 0)
+            .sync()
+            .finish();
+        c.send(&extended).await?;
+        let msgs = c.read_until_ready_n(3).await?;
+        let got: Vec<String> = with_tag(&msgs, b'D')
+            .iter()
+            .map(|b| text_row(b).map(|r| r[0].clone().unwrap_or_default()))
+            .collect::<anyhow::Result<_>>()?;
+        assert_eq!(got, ["true", "false", "false"], "extended pipeline");
+        let n: i64 = ctx
+            .direct_client()
+            .await?
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(n, 2);
         Ok(())
     })
 }
