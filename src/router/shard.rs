@@ -13,6 +13,10 @@
 //! - statements on tables not in `[[tables]]` only (`Unsharded`): reads go to one shard, writes and
 //!   DDL to every shard.
 //!
+//! Plans never depend on literal values except through [`KeyValue::Literal`]'s `index`, so a plan
+//! can be cached under the route cache's literal-blind key and [`rebind`] to each text of that
+//! shape (one lexer pass) instead of parsing it again.
+//!
 //! Not yet wired into the session loop (issue 4 continues); `shardgate route` prints plans.
 
 use std::collections::BTreeSet;
@@ -31,10 +35,111 @@ use crate::hash::ShardKey;
 /// Where a shard key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyValue {
-    /// A literal in the text (`42`, `'alice'`).
-    Literal(String),
+    /// A literal in the text (`42`, `'alice'`, `-3`): its value, and which literal of the text it
+    /// is (`index`, counting numbers and strings from the start), so a plan cached for one text
+    /// can take the value from another text of the same shape ([`rebind`]).
+    Literal {
+        text: String,
+        index: usize,
+        negative: bool,
+    },
     /// The n-th Bind parameter (1-based).
     Param(usize),
+}
+
+impl KeyValue {
+    /// The value as text (a literal) or `$n`.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyValue::Literal { text, negative, .. } => {
+                format!("{}{text}", if *negative { "-" } else { "" })
+            }
+            KeyValue::Param(n) => format!("${n}"),
+        }
+    }
+}
+
+/// The numbers and strings of a SQL text, in order, as values (strings without quotes, `''`
+/// unescaped). None when the text has a literal this does not read exactly (an `E'..'` string,
+/// a dollar-quoted string, an unterminated quote).
+pub fn literals(sql: &str) -> Option<Vec<String>> {
+    use super::lex::{Kind, Lexer};
+    let src = sql.as_bytes();
+    let mut out = Vec::new();
+    for tok in Lexer::new(src) {
+        match tok.kind {
+            Kind::Number { .. } => out.push(sql[tok.start..tok.end].to_string()),
+            Kind::Str {
+                prefixed: false, ..
+            } => out.push(sql[tok.start + 1..tok.end - 1].replace("''", "'")),
+            Kind::Str { .. } | Kind::DollarStr | Kind::Unterminated => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// The plan of a text of the same shape as the one `plan` was made for (the same text but for
+/// its literal values), with the literal keys taken from `sql`. None when `sql` has fewer literals.
+pub fn rebind(plan: &ShardPlan, sql: &str) -> Option<ShardPlan> {
+    let ShardScope::Keys { table, keys } = &plan.scope else {
+        return Some(plan.clone());
+    };
+    let values = literals(sql)?;
+    let keys = keys
+        .iter()
+        .map(|k| match k {
+            KeyValue::Literal {
+                index, negative, ..
+            } => values.get(*index).map(|v| KeyValue::Literal {
+                text: v.clone(),
+                index: *index,
+                negative: *negative,
+            }),
+            KeyValue::Param(n) => Some(KeyValue::Param(*n)),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ShardPlan {
+        scope: ShardScope::Keys {
+            table: table.clone(),
+            keys,
+        },
+        ..plan.clone()
+    })
+}
+
+/// Byte offset of a parser location (1-based line and column, columns in characters).
+fn offset_of(sql: &str, line: u64, column: u64) -> Option<usize> {
+    let start = if line <= 1 {
+        0
+    } else {
+        let mut seen = 1;
+        let mut at = None;
+        for (i, b) in sql.bytes().enumerate() {
+            if b == b'\n' {
+                seen += 1;
+                if seen == line {
+                    at = Some(i + 1);
+                    break;
+                }
+            }
+        }
+        at?
+    };
+    let col = usize::try_from(column.checked_sub(1)?).ok()?;
+    sql[start..]
+        .char_indices()
+        .nth(col)
+        .map(|(i, _)| start + i)
+        .or_else(|| (sql[start..].chars().count() == col).then_some(sql.len()))
+}
+
+/// Which literal of the text starts at byte `offset`.
+fn literal_index(sql: &str, offset: usize) -> Option<usize> {
+    use super::lex::{Kind, Lexer};
+    Lexer::new(sql.as_bytes())
+        .filter(|t| matches!(t.kind, Kind::Number { .. } | Kind::Str { .. }))
+        .position(|t| t.start == offset)
 }
 
 /// The rows a statement touches.
@@ -83,7 +188,7 @@ pub fn plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
             ..unparsed
         };
     };
-    let ctx = Ctx { tables };
+    let ctx = Ctx { tables, sql };
     match statement {
         Statement::Query(q) => ctx.query(q),
         Statement::Insert(insert) => ctx.insert(insert),
@@ -141,6 +246,7 @@ fn last(name: &ObjectName) -> String {
 
 struct Ctx<'a> {
     tables: &'a [TableConfig],
+    sql: &'a str,
 }
 
 /// A sharded table in a FROM clause, by the name it is referred to.
@@ -234,7 +340,7 @@ impl<'a> Ctx<'a> {
         let keys: Option<Vec<KeyValue>> = values
             .rows
             .iter()
-            .map(|row| row.get(col).and_then(value))
+            .map(|row| row.get(col).and_then(|e| value(self.sql, e)))
             .collect();
         if let Some(keys) = keys {
             p.scope = ShardScope::Keys {
@@ -291,7 +397,7 @@ impl<'a> Ctx<'a> {
         };
         if let Some(sel) = selection {
             for b in &bound {
-                if let Some(keys) = keys_in(sel, b, bound.len() == 1) {
+                if let Some(keys) = keys_in(self.sql, sel, b, bound.len() == 1) {
                     p.scope = ShardScope::Keys {
                         table: b.table.name.clone(),
                         keys,
@@ -333,44 +439,63 @@ fn is_key(e: &Expr, b: &Bound, alone: bool) -> bool {
 }
 
 /// A key value: a literal or a parameter, possibly cast or parenthesized.
-fn value(e: &Expr) -> Option<KeyValue> {
+fn value(sql: &str, e: &Expr) -> Option<KeyValue> {
     match e {
-        Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => Some(KeyValue::Literal(n.clone())),
-            Value::SingleQuotedString(s) => Some(KeyValue::Literal(s.clone())),
-            Value::Placeholder(p) => p
-                .strip_prefix('$')
-                .and_then(|n| n.parse().ok())
-                .map(KeyValue::Param),
-            _ => None,
-        },
+        Expr::Value(v) => {
+            let literal = |text: &str| {
+                let start = v.span.start;
+                let index = literal_index(sql, offset_of(sql, start.line, start.column)?)?;
+                Some(KeyValue::Literal {
+                    text: text.to_string(),
+                    index,
+                    negative: false,
+                })
+            };
+            match &v.value {
+                Value::Number(n, _) => literal(n),
+                Value::SingleQuotedString(s) => literal(s),
+                Value::Placeholder(p) => p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .map(KeyValue::Param),
+                _ => None,
+            }
+        }
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
-        } => match value(expr)? {
-            KeyValue::Literal(n) => Some(KeyValue::Literal(format!("-{n}"))),
+        } => match value(sql, expr)? {
+            KeyValue::Literal {
+                text,
+                index,
+                negative,
+            } => Some(KeyValue::Literal {
+                text,
+                index,
+                negative: !negative,
+            }),
             KeyValue::Param(_) => None,
         },
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => value(expr),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => value(sql, expr),
         _ => None,
     }
 }
 
 /// The key values `e` restricts `b` to, if it does.
-fn keys_in(e: &Expr, b: &Bound, alone: bool) -> Option<Vec<KeyValue>> {
+fn keys_in(sql: &str, e: &Expr, b: &Bound, alone: bool) -> Option<Vec<KeyValue>> {
     match e {
         Expr::BinaryOp {
             left,
             op: BinaryOperator::And,
             right,
-        } => keys_in(left, b, alone).or_else(|| keys_in(right, b, alone)),
+        } => keys_in(sql, left, b, alone).or_else(|| keys_in(sql, right, b, alone)),
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Or,
             right,
         } => {
-            let mut l = keys_in(left, b, alone)?;
-            l.extend(keys_in(right, b, alone)?);
+            let mut l = keys_in(sql, left, b, alone)?;
+            l.extend(keys_in(sql, right, b, alone)?);
             Some(l)
         }
         Expr::BinaryOp {
@@ -379,9 +504,9 @@ fn keys_in(e: &Expr, b: &Bound, alone: bool) -> Option<Vec<KeyValue>> {
             right,
         } => {
             if is_key(left, b, alone) {
-                value(right).map(|v| vec![v])
+                value(sql, right).map(|v| vec![v])
             } else if is_key(right, b, alone) {
-                value(left).map(|v| vec![v])
+                value(sql, left).map(|v| vec![v])
             } else {
                 None
             }
@@ -391,8 +516,8 @@ fn keys_in(e: &Expr, b: &Bound, alone: bool) -> Option<Vec<KeyValue>> {
             target: InTarget::List(list),
             negated: false,
             ..
-        } if is_key(expr, b, alone) => list.iter().map(value).collect(),
-        Expr::Nested(inner) => keys_in(inner, b, alone),
+        } if is_key(expr, b, alone) => list.iter().map(|e| value(sql, e)).collect(),
+        Expr::Nested(inner) => keys_in(sql, inner, b, alone),
         _ => None,
     }
 }
@@ -447,8 +572,8 @@ pub fn resolve(
             let mut set = BTreeSet::new();
             for k in keys {
                 let key = match k {
-                    KeyValue::Literal(text) => {
-                        ShardKey::from_text(t.key_type, text).map_err(|e| e.to_string())?
+                    KeyValue::Literal { .. } => {
+                        ShardKey::from_text(t.key_type, &k.describe()).map_err(|e| e.to_string())?
                     }
                     KeyValue::Param(n) => param(*n)
                         .ok_or_else(|| format!("the shard key is parameter ${n}, not bound"))?,
@@ -507,13 +632,19 @@ pub fn explain(sql: &str, config: &Config) -> String {
                 .iter()
                 .map(|k| match k {
                     KeyValue::Param(n) => format!("${n} (known at Bind)"),
-                    KeyValue::Literal(text) => match ShardKey::from_text(t.key_type, text) {
-                        Ok(key) => {
-                            let h = key.hash();
-                            format!("{text} (hash {h}) -> {}", config.shard_for_hash(h).name)
+                    KeyValue::Literal { .. } => {
+                        match ShardKey::from_text(t.key_type, &k.describe()) {
+                            Ok(key) => {
+                                let h = key.hash();
+                                format!(
+                                    "{} (hash {h}) -> {}",
+                                    k.describe(),
+                                    config.shard_for_hash(h).name
+                                )
+                            }
+                            Err(e) => format!("{e}"),
                         }
-                        Err(e) => format!("{e}"),
-                    },
+                    }
                 })
                 .collect();
             format!("{}.{} = {}", t.name, t.shard_key, parts.join(", "))
@@ -558,8 +689,25 @@ mod tests {
         ]
     }
 
+    /// The scope, with literal keys reduced to their text (`Param` kept), for comparing.
     fn scope(sql: &str) -> ShardScope {
-        plan(sql, &tables()).scope
+        strip(plan(sql, &tables()).scope)
+    }
+
+    fn strip(scope: ShardScope) -> ShardScope {
+        match scope {
+            ShardScope::Keys { table, keys } => ShardScope::Keys {
+                table,
+                keys: keys
+                    .into_iter()
+                    .map(|k| match k {
+                        KeyValue::Literal { .. } => lit(&k.describe()),
+                        p => p,
+                    })
+                    .collect(),
+            },
+            other => other,
+        }
     }
 
     fn keys(table: &str, keys: &[KeyValue]) -> ShardScope {
@@ -570,7 +718,57 @@ mod tests {
     }
 
     fn lit(s: &str) -> KeyValue {
-        KeyValue::Literal(s.into())
+        KeyValue::Literal {
+            text: s.into(),
+            index: 0,
+            negative: false,
+        }
+    }
+
+    #[test]
+    fn literal_keys_rebind_to_texts_of_the_same_shape() {
+        let t = tables();
+        let a = "SELECT * FROM users WHERE name = 'it''s' AND id = 42 AND n > 1.5";
+        let p = plan(a, &t);
+        let ShardScope::Keys { keys, .. } = &p.scope else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            keys[0],
+            KeyValue::Literal {
+                text: "42".into(),
+                index: 1,
+                negative: false
+            }
+        );
+        let b = "SELECT * FROM users WHERE name = 'x' AND id = 7 AND n > 2.5";
+        assert_eq!(
+            strip(rebind(&p, b).unwrap().scope),
+            keys_of("users", &["7"])
+        );
+        // Negative keys, strings, several lines, a multi-byte character before the key.
+        let p = plan(
+            "INSERT INTO events (note, email) VALUES\n('é', 'a@b'),\n('ü', 'c@d')",
+            &t,
+        );
+        let q = rebind(
+            &p,
+            "INSERT INTO events (note, email) VALUES\n('x', 'e@f'),\n('y', 'g@h')",
+        )
+        .unwrap();
+        assert_eq!(strip(q.scope), keys_of("events", &["e@f", "g@h"]));
+        let p = plan("DELETE FROM users WHERE id = -3", &t);
+        let q = rebind(&p, "DELETE FROM users WHERE id = -99").unwrap();
+        assert_eq!(strip(q.scope), keys_of("users", &["-99"]));
+        assert_eq!(
+            literals("SELECT 'a''b', 3, $1, \"x1\" FROM t1"),
+            Some(vec!["a'b".to_string(), "3".to_string()])
+        );
+        assert_eq!(literals("SELECT E'\\n'"), None);
+    }
+
+    fn keys_of(table: &str, values: &[&str]) -> ShardScope {
+        keys(table, &values.iter().map(|v| lit(v)).collect::<Vec<_>>())
     }
 
     #[test]
@@ -654,7 +852,7 @@ mod tests {
     #[test]
     fn updates_and_deletes() {
         let p = plan("UPDATE users SET name = 'x' WHERE id = 9", &tables());
-        assert_eq!(p.scope, keys("users", &[lit("9")]));
+        assert_eq!(strip(p.scope), keys("users", &[lit("9")]));
         assert!(p.write && !p.moves_key);
         assert!(plan("UPDATE users SET id = 10 WHERE id = 9", &tables()).moves_key);
         assert_eq!(
@@ -675,7 +873,7 @@ mod tests {
             "SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = 5",
             &tables(),
         );
-        assert_eq!(p.scope, keys("users", &[lit("5")]));
+        assert_eq!(strip(p.scope), keys("users", &[lit("5")]));
         assert!(!p.cross_shard_join);
         let p = plan(
             "SELECT * FROM users u JOIN orders o ON o.id = u.id WHERE u.id = 5",
@@ -687,7 +885,7 @@ mod tests {
             "SELECT * FROM users u JOIN countries c ON c.code = u.country WHERE u.id = 5",
             &tables(),
         );
-        assert_eq!(p.scope, keys("users", &[lit("5")]));
+        assert_eq!(strip(p.scope), keys("users", &[lit("5")]));
         assert!(!p.cross_shard_join);
     }
 
