@@ -19,6 +19,17 @@ tests![
     reads_see_own_writes_from_a_delayed_replica,
 ];
 
+/// A private cluster of one shard with `replicas` streaming replicas, and its shard map.
+fn private_cluster(ctx: &Ctx, replicas: usize) -> anyhow::Result<(LocalCluster, String)> {
+    let cluster = ctx.start_cluster(&ClusterSpec {
+        shards: 1,
+        replicas_per_shard: replicas,
+        synchronous: false,
+    })?;
+    let map = cluster.shard_map_toml("127.0.0.1:0");
+    Ok((cluster, map))
+}
+
 fn server_addr(port: u16) -> ServerAddr {
     ServerAddr(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
@@ -176,17 +187,8 @@ fn read_moves_when_its_replica_fails_before_answering(ctx: &Ctx) -> anyhow::Resu
 /// read fails; it takes reads again once restarted; with every replica down the primary reads.
 fn dead_replica_is_banned_and_readmitted(ctx: &Ctx) -> anyhow::Result<()> {
     block_on(async {
-        let mut cluster: LocalCluster = ctx.start_cluster(&ClusterSpec {
-            shards: 1,
-            replicas_per_shard: 2,
-            synchronous: false,
-        })?;
-        let map = routed(
-            &cluster.shard_map_toml("127.0.0.1:0"),
-            "read_your_writes = false",
-            "",
-        );
-        let proxy = ctx.start_proxy(&map)?;
+        let (mut cluster, map) = private_cluster(ctx, 2)?;
+        let proxy = ctx.start_proxy(&routed(&map, "read_your_writes = false", ""))?;
         let primary = cluster.shards()[0].primary.port;
         let r1 = cluster.shards()[0].replicas[0].port;
         let r2 = cluster.shards()[0].replicas[1].port;
@@ -273,17 +275,12 @@ fn dead_replica_is_banned_and_readmitted(ctx: &Ctx) -> anyhow::Result<()> {
 /// taken out of reads, and put back once it has caught up.
 fn lagging_replica_leaves_reads_until_it_catches_up(ctx: &Ctx) -> anyhow::Result<()> {
     block_on(async {
-        let cluster = ctx.start_cluster(&ClusterSpec {
-            shards: 1,
-            replicas_per_shard: 1,
-            synchronous: false,
-        })?;
-        let map = routed(
-            &cluster.shard_map_toml("127.0.0.1:0"),
+        let (cluster, map) = private_cluster(ctx, 1)?;
+        let proxy = ctx.start_proxy(&routed(
+            &map,
             "read_your_writes = false",
             "max_replica_lag_bytes = 262144\nmax_replica_lag = \"1h\"",
-        );
-        let proxy = ctx.start_proxy(&map)?;
+        ))?;
         let shard = &cluster.shards()[0];
         let (primary, replica) = (shard.primary.port, shard.replicas[0].port);
         let c = proxy.client().await?;
@@ -340,11 +337,7 @@ async fn server_port(c: &tokio_postgres::Client) -> Option<u16> {
 /// late: with read-your-writes no read is stale; without it reads are.
 fn reads_see_own_writes_from_a_delayed_replica(ctx: &Ctx) -> anyhow::Result<()> {
     block_on(async {
-        let cluster = ctx.start_cluster(&ClusterSpec {
-            shards: 1,
-            replicas_per_shard: 1,
-            synchronous: false,
-        })?;
+        let (cluster, base) = private_cluster(ctx, 1)?;
         let shard = &cluster.shards()[0];
         shard.replicas[0].set_conf("recovery_min_apply_delay = '300ms'")?;
         let direct = connect(&shard.primary.app_conninfo()).await?;
@@ -358,7 +351,6 @@ fn reads_see_own_writes_from_a_delayed_replica(ctx: &Ctx) -> anyhow::Result<()> 
             || async { replica.simple_query("SELECT 1 FROM ryw").await.is_ok() },
         )
         .await?;
-        let base = cluster.shard_map_toml("127.0.0.1:0");
 
         // Read-your-writes on (the default).
         let proxy = ctx.start_proxy(&routed(&base, "", ""))?;
