@@ -89,6 +89,7 @@ pub fn start(
     topology: Arc<Topology>,
     backend: BackendConfig,
     health: HealthConfig,
+    decisions: Option<Arc<crate::twophase::DecisionLog>>,
 ) -> std::io::Result<HealthChecker> {
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -100,6 +101,18 @@ pub fn start(
                 .expect("a tokio runtime");
             rt.block_on(async move {
                 let mut tasks = Vec::new();
+                if let Some(log) = &decisions {
+                    for shard in &topology.shards {
+                        tasks.push(tokio::spawn(resolve_in_doubt(
+                            log.clone(),
+                            shard.name.clone(),
+                            shard.primary.clone(),
+                            backend.clone(),
+                            health.interval,
+                            stop_rx.clone(),
+                        )));
+                    }
+                }
                 for shard in &topology.shards {
                     let history = Arc::new(WalHistory::default());
                     for server in shard.servers() {
@@ -174,6 +187,45 @@ async fn watch_server(
         tokio::select! {
             _ = tokio::time::sleep(health.interval) => {}
             _ = server.probe_now.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Resolves the transactions this proxy's decision log left prepared on a shard's primary (see
+/// `twophase`), retrying every `interval` until the primary answers once.
+async fn resolve_in_doubt(
+    log: Arc<crate::twophase::DecisionLog>,
+    shard: String,
+    primary: Arc<ServerState>,
+    backend: BackendConfig,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(primary.addr.0.ip().to_string())
+        .port(primary.addr.0.port())
+        .user(&backend.user)
+        .dbname(&backend.database)
+        .application_name("shardgate 2pc recovery");
+    if !backend.password.is_empty() {
+        config.password(&backend.password);
+    }
+    loop {
+        match crate::twophase::recover(&log, &shard, &config).await {
+            Ok(done) => {
+                if !done.committed.is_empty() || !done.rolled_back.is_empty() {
+                    info!(%shard, committed = ?done.committed, rolled_back = ?done.rolled_back, "resolved in-doubt two-phase transactions");
+                }
+                return;
+            }
+            Err(e) => {
+                warn!(%shard, error = %e, "cannot resolve in-doubt two-phase transactions yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
     }

@@ -77,6 +77,9 @@ pub struct ProxyConfig {
     pub proxy_protocol: bool,
     /// Peers allowed to send that header (IP addresses); empty = any peer.
     pub proxy_protocol_from: Vec<String>,
+    /// Where shardgate keeps what must survive a restart (the two-phase commit decision log);
+    /// empty = nowhere (no cross-shard transactions can be committed atomically).
+    pub state_dir: String,
 }
 
 impl Default for ProxyConfig {
@@ -94,6 +97,7 @@ impl Default for ProxyConfig {
             multiplex_connections: 2,
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            state_dir: String::new(),
         }
     }
 }

@@ -94,11 +94,13 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let workers = config.worker_count();
-    let shared = Arc::new(Shared::new(config));
+    let decisions = open_decision_log(&config.proxy.state_dir)?;
+    let shared = Arc::new(Shared::new(config, decisions));
     let health = crate::health::start(
         shared.topology.clone(),
         shared.config.backend.clone(),
         shared.config.health.clone(),
+        shared.decisions.clone(),
     )?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -165,6 +167,20 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
         threads,
         shared,
     })
+}
+
+/// The decision log in `state_dir` (created if need be), or None when no state dir is set.
+fn open_decision_log(
+    state_dir: &str,
+) -> std::io::Result<Option<Arc<crate::twophase::DecisionLog>>> {
+    if state_dir.trim().is_empty() {
+        return Ok(None);
+    }
+    let dir = std::path::Path::new(state_dir.trim());
+    std::fs::create_dir_all(dir)?;
+    crate::twophase::DecisionLog::open(&dir.join("decisions.log"))
+        .map(|log| Some(Arc::new(log)))
+        .map_err(std::io::Error::other)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

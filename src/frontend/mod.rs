@@ -37,13 +37,16 @@ pub struct Shared {
     pub topology: Arc<crate::topology::Topology>,
     /// What the router needs to classify statements.
     pub classify: Arc<crate::router::ClassifyOptions>,
+    /// The two-phase commit decision log (`proxy.state_dir`).
+    pub decisions: Option<Arc<crate::twophase::DecisionLog>>,
     /// Statement texts the router could not parse (sent to the primary).
     pub unparsed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Shared {
+    pub fn new(config: Config, decisions: Option<Arc<crate::twophase::DecisionLog>>) -> Shared {
         Shared {
+            decisions,
             auth: Arc::new(auth::Credentials::new(&config)),
             statements: StatementRegistry::default(),
             cancels: CancelRegistry::default(),

@@ -119,6 +119,7 @@ async fn startup(
             let mut out = BytesMut::new();
             e.write_to(&mut out);
             let _ = stream.write_all(&out).await;
+            close_gracefully(&mut stream).await;
             return Err(e);
         }
     };
@@ -190,6 +191,25 @@ async fn startup(
         startup_settings,
         client_addr,
     }))
+}
+
+/// Closes a connection the client may still be writing to (its startup packet) without a reset:
+/// our side is shut first, then what the client sends is read and dropped for a moment, so the
+/// client reads the error instead of a broken pipe.
+async fn close_gracefully(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while total < 1 << 20 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// The client's address: the socket's peer, or, with `proxy.proxy_protocol`, the address in the

@@ -10,7 +10,10 @@ use shardgate::twophase::{DecisionLog, recover};
 
 use crate::harness::{Ctx, block_on, connect, tests};
 
-tests![in_doubt_transactions_are_resolved_from_the_decision_log];
+tests![
+    in_doubt_transactions_are_resolved_from_the_decision_log,
+    a_restarted_proxy_resolves_its_in_doubt_transactions,
+];
 
 async fn count(c: &Client, table: &str, id: i32) -> anyhow::Result<i64> {
     Ok(c.query_one(
@@ -115,8 +118,74 @@ fn in_doubt_transactions_are_resolved_from_the_decision_log(ctx: &Ctx) -> anyhow
     })
 }
 
+/// A proxy whose `proxy.state_dir` holds a decision log with in-doubt transactions (its previous
+/// run died between PREPARE and COMMIT PREPARED) resolves them on both shards as it starts.
+fn a_restarted_proxy_resolves_its_in_doubt_transactions(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let cluster = ctx.start_cluster(&ClusterSpec {
+            shards: 2,
+            replicas_per_shard: 0,
+            synchronous: false,
+        })?;
+        let dir = tempfile_dir()?.join("state");
+        std::fs::create_dir_all(&dir)?;
+        let log = DecisionLog::open(&dir.join("decisions.log"))?;
+        let (commit, abort) = (log.new_gid(), log.new_gid());
+        let mut clients = Vec::new();
+        for s in cluster.shards() {
+            let c = connect(&s.primary.app_conninfo()).await?;
+            c.batch_execute("CREATE TABLE tr (id int)").await?;
+            for (gid, id) in [(&commit, 1), (&abort, 2)] {
+                c.batch_execute(&format!(
+                    "BEGIN; INSERT INTO tr VALUES ({id}); PREPARE TRANSACTION '{gid}'"
+                ))
+                .await?;
+            }
+            clients.push(c);
+        }
+        log.record_commit(&commit)?;
+        drop(log);
+
+        let map = crate::harness::proxy_setting(
+            &cluster.shard_map_toml("127.0.0.1:0"),
+            "state_dir",
+            &format!("\"{}\"", dir.display()),
+        );
+        let _proxy = ctx.start_proxy(&map)?;
+        for c in &clients {
+            crate::harness::wait_until(
+                "the in-doubt transactions to be resolved",
+                std::time::Duration::from_secs(20),
+                || async {
+                    c.query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                        .await
+                        .is_ok_and(|r| r.get::<_, i64>(0) == 0)
+                },
+            )
+            .await?;
+            assert_eq!(
+                count(c, "tr", 1).await?,
+                1,
+                "the recorded commit is applied"
+            );
+            assert_eq!(
+                count(c, "tr", 2).await?,
+                0,
+                "the undecided one is rolled back"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+        Ok(())
+    })
+}
+
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("shardgate-2pc-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shardgate-2pc-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).context("creating a temp dir for the decision log")?;
     Ok(dir)
 }
