@@ -241,9 +241,27 @@ fn transactions_follow_their_access_mode(ctx: &Ctx) -> anyhow::Result<()> {
             .await?
             .get(0);
         assert_eq!(n, 1);
-        // BEGIN then ROLLBACK with nothing between.
-        c.simple_query("BEGIN").await?;
-        c.simple_query("ROLLBACK").await?;
+        // BEGIN then ROLLBACK or COMMIT with nothing between: the same answers as Postgres gives.
+        {
+            use crate::rawclient::{RawClient, command_tag, tags, with_tag};
+            use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+            let mut raw =
+                RawClient::connect(proxy.addr(), APP_USER, APP_PASSWORD, APP_DATABASE, &[]).await?;
+            for (end, tag) in [
+                ("ROLLBACK", "ROLLBACK"),
+                ("/* app */ abort", "ROLLBACK"),
+                ("COMMIT", "COMMIT"),
+                ("END", "COMMIT"),
+            ] {
+                let begin = raw.simple_query("BEGIN").await?;
+                assert_eq!(tags(&begin), "CZ");
+                assert_eq!(with_tag(&begin, b'Z')[0][..], b"T"[..]);
+                let msgs = raw.simple_query(end).await?;
+                assert_eq!(tags(&msgs), "CZ", "{end}");
+                assert_eq!(command_tag(&with_tag(&msgs, b'C')[0]), tag, "{end}");
+                assert_eq!(with_tag(&msgs, b'Z')[0][..], b"I"[..], "{end}");
+            }
+        }
         assert_eq!(simple_value(&c, "SELECT 7").await?, "7");
         Ok(())
     })

@@ -176,6 +176,22 @@ impl Session {
             self.local_simple(text);
             return Ok(Flow::Continue);
         }
+        if self.deferred_begin.is_some()
+            && matches!(plan.tx, TxControl::End)
+            && !plan.unparsed
+            && single_statement(text)
+        {
+            // BEGIN then COMMIT or ROLLBACK with nothing between: no server needs to see either.
+            self.deferred_begin = None;
+            let tag = if rolls_back(text) {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            be::write_command_complete(&mut self.cout, tag);
+            be::write_ready_for_query(&mut self.cout, be::TX_IDLE);
+            return Ok(Flow::Continue);
+        }
         if self.may_defer_begin(&plan, text) {
             // The next statement picks the server: SET TRANSACTION READ ONLY makes it a replica.
             self.deferred_begin = Some(Bytes::copy_from_slice(frame));
@@ -568,6 +584,28 @@ fn single_statement(sql: &[u8]) -> bool {
     }
 }
 
+/// Whether a transaction-ending statement is ROLLBACK or ABORT (rather than COMMIT or END).
+fn rolls_back(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let mut rest = text.trim_start();
+    // Past leading comments.
+    loop {
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let first = rest
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(first.as_str(), "ROLLBACK" | "ABORT")
+}
+
 /// Whether a statement ends a transaction block (what a client sends to leave a failed transaction).
 fn ends_transaction(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
@@ -583,6 +621,16 @@ fn ends_transaction(sql: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::ends_transaction;
+
+    #[test]
+    fn rollback_or_commit() {
+        assert!(super::rolls_back(b" rollback;"));
+        assert!(super::rolls_back(b"ABORT"));
+        assert!(super::rolls_back(b"/* app */ ROLLBACK"));
+        assert!(super::rolls_back(b"-- why\nrollback"));
+        assert!(!super::rolls_back(b"commit"));
+        assert!(!super::rolls_back(b"END"));
+    }
 
     #[test]
     fn transaction_enders() {
