@@ -214,6 +214,8 @@ fn demo_runs_a_cluster_and_stops_it() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the demo and its servers running.
+    let _stop = StopOnDrop(demo.id());
     let stdout = demo.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -318,6 +320,32 @@ fn demo_runs_a_cluster_and_stops_it() {
         };
         while running() {
             assert!(Instant::now() < deadline, "postmaster {pid} still runs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Sends SIGINT to a process that still runs when the test ends (passing or failing) and waits up
+/// to a minute for it to stop its servers and exit.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            })
+        };
+        if !alive() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
