@@ -202,16 +202,7 @@ async fn resolve_in_doubt(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(primary.addr.0.ip().to_string())
-        .port(primary.addr.0.port())
-        .user(&backend.user)
-        .dbname(&backend.database)
-        .application_name("shardgate 2pc recovery");
-    if !backend.password.is_empty() {
-        config.password(&backend.password);
-    }
+    let config = control_config(&primary, &backend, "shardgate 2pc recovery");
     loop {
         match crate::twophase::recover(&log, &shard, &config).await {
             Ok(done) => {
@@ -254,21 +245,30 @@ async fn probe(
     })
 }
 
-async fn connect(
+/// How a control connection (probe, recovery) logs in to `server`: as `[backend]` says.
+fn control_config(
     server: &ServerState,
     backend: &BackendConfig,
-) -> Result<tokio_postgres::Client, String> {
+    application_name: &str,
+) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
         .host(server.addr.0.ip().to_string())
         .port(server.addr.0.port())
         .user(&backend.user)
         .dbname(&backend.database)
-        .application_name("shardgate health check");
+        .application_name(application_name);
     if !backend.password.is_empty() {
         config.password(&backend.password);
     }
-    let (client, connection) = config
+    config
+}
+
+async fn connect(
+    server: &ServerState,
+    backend: &BackendConfig,
+) -> Result<tokio_postgres::Client, String> {
+    let (client, connection) = control_config(server, backend, "shardgate health check")
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;

@@ -26,11 +26,7 @@ async fn count(c: &Client, table: &str, id: i32) -> anyhow::Result<i64> {
 
 fn in_doubt_transactions_are_resolved_from_the_decision_log(ctx: &Ctx) -> anyhow::Result<()> {
     block_on(async {
-        let cluster = ctx.start_cluster(&ClusterSpec {
-            shards: 2,
-            replicas_per_shard: 0,
-            synchronous: false,
-        })?;
+        let cluster = two_shards(ctx)?;
         let dir = tempfile_dir()?;
         let path = dir.join("decisions.log");
         let shards: Vec<_> = cluster.shards().iter().map(|s| &s.primary).collect();
@@ -122,11 +118,7 @@ fn in_doubt_transactions_are_resolved_from_the_decision_log(ctx: &Ctx) -> anyhow
 /// run died between PREPARE and COMMIT PREPARED) resolves them on both shards as it starts.
 fn a_restarted_proxy_resolves_its_in_doubt_transactions(ctx: &Ctx) -> anyhow::Result<()> {
     block_on(async {
-        let cluster = ctx.start_cluster(&ClusterSpec {
-            shards: 2,
-            replicas_per_shard: 0,
-            synchronous: false,
-        })?;
+        let cluster = two_shards(ctx)?;
         let dir = tempfile_dir()?.join("state");
         std::fs::create_dir_all(&dir)?;
         let log = DecisionLog::open(&dir.join("decisions.log"))?;
@@ -176,6 +168,15 @@ fn a_restarted_proxy_resolves_its_in_doubt_transactions(ctx: &Ctx) -> anyhow::Re
         }
         let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
         Ok(())
+    })
+}
+
+/// A private cluster of two shards, primaries only.
+fn two_shards(ctx: &Ctx) -> anyhow::Result<shardgate::localcluster::LocalCluster> {
+    ctx.start_cluster(&ClusterSpec {
+        shards: 2,
+        replicas_per_shard: 0,
+        synchronous: false,
     })
 }
 
