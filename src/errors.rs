@@ -120,6 +120,17 @@ pub enum SessionError {
     ShardgateCommand(String),
     #[error("the PROXY protocol header is missing or malformed: {0}")]
     ProxyProtocol(String),
+    #[error("{0}")]
+    Route(#[from] crate::router::shard::RouteError),
+    #[error("{0}")]
+    BadShardHint(String),
+    #[error("{0}")]
+    CrossShard(String),
+    #[error("the two-phase commit over shards failed: {0}")]
+    TwoPhase(String),
+    /// An error a server sent, passed on as it is.
+    #[error("{0}")]
+    Server(ServerError),
 }
 
 impl SessionError {
@@ -145,7 +156,12 @@ impl SessionError {
             SessionError::UnknownShardgateSetting(_) => "42704",
             SessionError::ShardgateCommand(_) => "0A000",
             SessionError::ProxyProtocol(_) => "08P01",
-            SessionError::StartupSettingRejected(e) => {
+            SessionError::Route(crate::router::shard::RouteError::BadKey(_)) => "22P02",
+            SessionError::Route(_) => "0A000",
+            SessionError::BadShardHint(_) => "22023",
+            SessionError::CrossShard(_) => "0A000",
+            SessionError::TwoPhase(_) => "40000",
+            SessionError::StartupSettingRejected(e) | SessionError::Server(e) => {
                 // Postgres's own code (22023 invalid_parameter_value, ...) is the right one here.
                 match crate::protocol::backend::error_field(&e.body, b'C') {
                     Some(c) if c.len() == 5 && c.is_ascii() => {

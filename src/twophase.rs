@@ -151,6 +151,19 @@ impl DecisionLog {
     }
 }
 
+/// A transaction id when no decision log is configured (`proxy.state_dir` empty): unique to this
+/// process, never resolved by recovery (a crash between PREPARE and COMMIT PREPARED leaves it for
+/// the operator, see the README).
+pub fn ephemeral_gid() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static RUN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(rand::random::<u32>);
+    format!(
+        "shardgate_nolog{run:08x}_{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// What recovery did on one shard.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {

@@ -97,7 +97,7 @@ fn hash_prints_the_contract_hash_and_shard() {
     );
     assert_eq!(
         route("UPDATE users SET name = 'x' WHERE id IN (42, $2)"),
-        "shards=unknown (the shard key is parameter $2, not bound) role=primary why: users.id = 42 (hash 1871679806) -> s0, $2 (known at Bind)"
+        "shards=unknown (the shard key is parameter $2, which the Bind did not supply) role=primary why: users.id = 42 (hash 1871679806) -> s0, $2 (known at Bind)"
     );
     assert_eq!(
         route("SELECT count(*) FROM users"),

@@ -173,6 +173,16 @@ fn validate_shards(c: &Config) -> Result<(), ConfigError> {
             "no [[shards]] entry: add at least one shard with its primary",
         ));
     }
+    if c.shards.len() > crate::router::shard::MAX_SHARDS {
+        return Err(ConfigError::invalid(
+            "shards",
+            format!(
+                "{} shards; at most {} are supported",
+                c.shards.len(),
+                crate::router::shard::MAX_SHARDS
+            ),
+        ));
+    }
     let mut names = HashSet::new();
     for (i, s) in c.shards.iter().enumerate() {
         let key = format!("shards[{i}]");
@@ -273,6 +283,15 @@ impl Config {
         self.tables
             .iter()
             .find(|t| t.name.eq_ignore_ascii_case(bare) || t.name == bare)
+    }
+
+    /// The index of the shard whose range holds `hash`.
+    pub fn shard_index_for_hash(&self, hash: u32) -> usize {
+        let h = u64::from(hash);
+        self.shards
+            .iter()
+            .position(|s| s.range[0] <= h && h < s.range[1])
+            .expect("validated: the ranges cover the hash space")
     }
 
     /// The shard whose range holds `hash`.

@@ -54,14 +54,7 @@ impl Shared {
             clients: std::sync::atomic::AtomicUsize::new(0),
             topology: Arc::new(crate::topology::Topology::new(&config)),
             unparsed: std::sync::atomic::AtomicU64::new(0),
-            classify: Arc::new(crate::router::ClassifyOptions {
-                write_functions: config
-                    .routing
-                    .write_functions
-                    .iter()
-                    .map(|f| f.trim().to_ascii_lowercase())
-                    .collect(),
-            }),
+            classify: Arc::new(crate::router::ClassifyOptions::from_config(&config)),
             config: Arc::new(config),
         }
     }

@@ -99,6 +99,7 @@ mod tests {
         let r = StatementRegistry::default();
         let o = crate::router::ClassifyOptions {
             write_functions: vec![],
+            ..Default::default()
         };
         let a = r.intern(b"select 1\0\0\0", &o);
         let b = r.intern(b"select 1\0\0\0", &o);

@@ -43,6 +43,26 @@ pub fn command_tag(body: &[u8]) -> &[u8] {
 }
 
 /// `(name, value)` of a ParameterStatus body.
+/// The row count at the end of a CommandComplete tag (`INSERT 0 5`, `UPDATE 3`, `SELECT 10`,
+/// `COPY 7`, ...), if it has one.
+pub fn command_count(body: &[u8]) -> Option<u64> {
+    let tag = std::str::from_utf8(command_tag(body)).ok()?;
+    let (verb, last) = tag.rsplit_once(' ')?;
+    let counted = matches!(
+        verb.split(' ').next()?,
+        "INSERT" | "UPDATE" | "DELETE" | "SELECT" | "COPY" | "MERGE" | "FETCH" | "MOVE"
+    );
+    counted.then(|| last.parse().ok()).flatten()
+}
+
+/// The tag with its row count replaced by `total` (None when the tag has no count).
+pub fn with_count(tag: &[u8], total: u64) -> Option<String> {
+    let tag = std::str::from_utf8(tag).ok()?;
+    let (verb, _) = tag.rsplit_once(' ')?;
+    command_count(&[tag.as_bytes(), b"\0"].concat())?;
+    Some(format!("{verb} {total}"))
+}
+
 pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (name, rest) = cstr(body)?;
     let (value, _) = cstr(rest)?;

@@ -164,3 +164,62 @@ mod tests {
         assert_eq!(target(b"Sabc\0").unwrap(), (b'S', &b"abc"[..]));
     }
 }
+
+/// The parameter `n` (1-based) of a Bind, from the rest after its names (see [`bind_statement`]):
+/// `Some((binary, value))`, value None for NULL. None when the Bind is malformed or has fewer
+/// parameters.
+pub fn bind_param(rest: &[u8], n: usize) -> Option<(bool, Option<&[u8]>)> {
+    let u16_at = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]) as usize)
+    };
+    let nformats = u16_at(rest, 0)?;
+    let formats = rest.get(2..2 + 2 * nformats)?;
+    let mut at = 2 + 2 * nformats;
+    let nparams = u16_at(rest, at)?;
+    at += 2;
+    if n == 0 || n > nparams {
+        return None;
+    }
+    let binary = match nformats {
+        0 => false,
+        1 => u16_at(formats, 0)? == 1,
+        _ => u16_at(formats, 2 * (n - 1))? == 1,
+    };
+    for i in 1..=n {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        let value = if len < 0 {
+            None
+        } else {
+            let v = rest.get(at..at + len as usize)?;
+            at += len as usize;
+            Some(v)
+        };
+        if i == n {
+            return Some((binary, value));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod bind_tests {
+    #[test]
+    fn params() {
+        // 2 format codes (text, binary), 2 params: "42", 8-byte 7.
+        let mut rest = vec![0, 2, 0, 0, 0, 1, 0, 2];
+        rest.extend_from_slice(&2i32.to_be_bytes());
+        rest.extend_from_slice(b"42");
+        rest.extend_from_slice(&8i32.to_be_bytes());
+        rest.extend_from_slice(&7i64.to_be_bytes());
+        rest.extend_from_slice(&[0, 0]);
+        assert_eq!(super::bind_param(&rest, 1), Some((false, Some(&b"42"[..]))));
+        assert_eq!(
+            super::bind_param(&rest, 2),
+            Some((true, Some(&7i64.to_be_bytes()[..])))
+        );
+        assert_eq!(super::bind_param(&rest, 3), None);
+        let null = [0u8, 0, 0, 1, 255, 255, 255, 255, 0, 0];
+        assert_eq!(super::bind_param(&null, 1), Some((false, None)));
+    }
+}

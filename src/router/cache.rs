@@ -255,6 +255,7 @@ mod tests {
     fn write_functions_from_options() {
         let opts = Arc::new(ClassifyOptions {
             write_functions: vec!["audit".into()],
+            ..Default::default()
         });
         let mut c = RouteCache::new(10, opts);
         assert!(!c.plan(b"SELECT audit(1)").read);

@@ -19,4 +19,4 @@ pub mod shard;
 
 pub use cache::RouteCache;
 pub use classify::{ClassifyOptions, Plan, TxControl, classify};
-pub use hint::Hint;
+pub use hint::{Hint, ShardHint};

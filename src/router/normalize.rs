@@ -230,6 +230,7 @@ mod tests {
     fn same_key_same_plan() {
         let opts = ClassifyOptions {
             write_functions: vec!["f1".into()],
+            ..Default::default()
         };
         let same = [
             (

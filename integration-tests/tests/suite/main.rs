@@ -13,6 +13,7 @@ mod protocol_errors;
 mod rawclient;
 mod replica_health;
 mod routing;
+mod sharding;
 mod smoke;
 mod twophase;
 mod wire;
@@ -42,6 +43,7 @@ const MODULES: &[&[Test]] = &[
     balancing::TESTS,
     replica_health::TESTS,
     twophase::TESTS,
+    sharding::TESTS,
 ];
 
 fn main() {

@@ -3,6 +3,7 @@
 
 use super::multiplexed::MuxTry;
 use super::route::{Got, Target, Want};
+use super::shards::UnitStep;
 use super::*;
 
 impl Session {
@@ -58,11 +59,36 @@ impl Session {
                 cin.reserve(header.frame_len - (cin.len() - off));
                 break Ok(Flow::Continue);
             }
+            if self.sharding
+                && self.copy_split.is_none()
+                && (self.multi.is_some() || !self.unit_routed)
+                && !self.local_skip
+                && !self.server_skipping
+                && !self.failed_tx
+                && starts_unit(header.tag)
+            {
+                match self.shard_unit(&cin[off..]).await {
+                    UnitStep::Go => {}
+                    UnitStep::Done(len) => {
+                        off += len;
+                        continue;
+                    }
+                    UnitStep::More => break Ok(Flow::Continue),
+                    UnitStep::Wait => {
+                        self.waiting = true;
+                        break Ok(Flow::Continue);
+                    }
+                    UnitStep::End(e) => break Err(e),
+                }
+            }
             let frame = &cin[off..off + header.frame_len];
             match self.on_client_frame(header.tag, frame).await {
                 Ok(Flow::Continue) => {
                     if !self.retry.record(header.tag, frame) {
                         self.disarm_retry();
+                    }
+                    if matches!(header.tag, fe::SYNC | fe::QUERY) {
+                        self.unit_routed = false;
                     }
                     off += header.frame_len;
                 }
@@ -95,6 +121,9 @@ impl Session {
         }
         if tag == fe::TERMINATE {
             return Ok(Flow::End);
+        }
+        if self.copy_split.is_some() {
+            return self.on_copy_split_frame(tag, frame).await;
         }
         if self.local_skip || self.server_skipping {
             if tag == fe::SYNC {
@@ -193,7 +222,9 @@ impl Session {
             return Ok(Flow::Continue);
         }
         if self.may_defer_begin(&plan, text) {
-            // The next statement picks the server: SET TRANSACTION READ ONLY makes it a replica.
+            // The next statement picks the server (and shard): SET TRANSACTION READ ONLY makes it
+            // a replica.
+            self.begin_sql = String::from_utf8_lossy(text).into_owned();
             self.deferred_begin = Some(Bytes::copy_from_slice(frame));
             be::write_command_complete(&mut self.cout, "BEGIN");
             be::write_ready_for_query(&mut self.cout, be::TX_IN_BLOCK);
@@ -209,6 +240,9 @@ impl Session {
             self.dirty = true;
         }
         self.note_sent(&plan);
+        if matches!(plan.tx, TxControl::Begin { .. }) {
+            self.begin_sql = String::from_utf8_lossy(text).into_owned();
+        }
         self.conn().wbuf.extend_from_slice(frame);
         self.pending.push_back(Pending::SimpleQuery);
         if self.commits_here(&plan) {
@@ -227,7 +261,7 @@ impl Session {
             && self.pending.is_empty()
             && self.deferred_begin.is_none()
             && !self.default_read_only()
-            && !self.worker.shared.topology.shards[0].replicas.is_empty()
+            && (self.sharding || !self.worker.shared.topology.shards[0].replicas.is_empty())
             && single_statement(text)
     }
 
@@ -378,6 +412,29 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let plan = self.statement_plan(stmt_name);
+        if self.sharding
+            && self.backend.is_some()
+            && let Some(p) = plan.as_deref()
+        {
+            // A Bind that arrived after its unit was routed must belong to the same shard.
+            let text = match self.statements.get(stmt_name) {
+                Some(s) => fe::query_text(&s.parse_rest).to_vec(),
+                None => fe::parse_name(self.unnamed_parse.get(5..).unwrap_or_default())
+                    .map(|(_, r)| fe::query_text(r).to_vec())
+                    .unwrap_or_default(),
+            };
+            let fits = match self.text_shards(p, &text, Some(rest)) {
+                Ok(crate::router::shard::Shards::Any) => true,
+                Ok(crate::router::shard::Shards::Set(s)) => s.single() == Some(self.shard_idx),
+                _ => false,
+            };
+            if !fits {
+                self.push_local_error(SessionError::CrossShard(
+                    "this Bind needs another shard than the messages before it in the same pipeline; send a Sync before it".into(),
+                ));
+                return Ok(Flow::Continue);
+            }
+        }
         let want = plan.as_deref().map_or(Want::Primary, |p| self.want(p));
         match self.ensure_backend(false, want).await? {
             Got::Ready => {}
@@ -576,6 +633,20 @@ impl Session {
     }
 }
 
+/// Messages that may start a unit of work (Sync and Flush alone need no routing).
+fn starts_unit(tag: u8) -> bool {
+    matches!(
+        tag,
+        fe::QUERY
+            | fe::PARSE
+            | fe::BIND
+            | fe::DESCRIBE
+            | fe::EXECUTE
+            | fe::CLOSE
+            | fe::FUNCTION_CALL
+    )
+}
+
 /// Whether a SQL text holds one statement (a `;` may only end it).
 fn single_statement(sql: &[u8]) -> bool {
     match memchr::memchr(b';', sql) {
@@ -585,7 +656,7 @@ fn single_statement(sql: &[u8]) -> bool {
 }
 
 /// Whether a transaction-ending statement is ROLLBACK or ABORT (rather than COMMIT or END).
-fn rolls_back(sql: &[u8]) -> bool {
+pub(super) fn rolls_back(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
     let mut rest = text.trim_start();
     // Past leading comments.

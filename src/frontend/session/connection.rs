@@ -55,9 +55,11 @@ impl Session {
     /// A pooled connection to `addr` with this client's session settings applied.
     pub(super) async fn checkout_conn(
         &mut self,
+        shard: usize,
         addr: ServerAddr,
     ) -> Result<Checkout, SessionError> {
-        let mut conn = self.worker.pools.get(&self.shard, addr).await?;
+        let name = &self.worker.shared.config.shards[shard].name;
+        let mut conn = self.worker.pools.get(name, addr).await?;
         match conn.apply_settings(&self.settings).await {
             Ok(None) => Ok(conn),
             // The setting was accepted once; the client goes on, the connection is not reused.
@@ -68,7 +70,7 @@ impl Session {
             Err(source) => {
                 let _ = Checkout::take(conn);
                 Err(SessionError::BackendUnavailable {
-                    shard: self.shard.clone(),
+                    shard: name.clone(),
                     source,
                 })
             }
@@ -203,6 +205,13 @@ impl Session {
 
     /// The client is gone: leave nothing open on the server connection.
     pub(super) async fn finish(&mut self) {
+        if let Some(m) = self.multi.as_mut() {
+            // Open transactions on several shards: closing the connections rolls them back.
+            for p in m.parts_mut() {
+                p.broken = true;
+            }
+            self.release_parts().await;
+        }
         let Some(mut conn) = self.backend.take() else {
             return;
         };

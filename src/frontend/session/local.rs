@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use super::route::Target;
 use super::*;
+use crate::router::ShardHint;
 use crate::router::local::{self as sql, LocalCommand};
 
 /// Statements and portals of `shardgate.*` commands the client prepared.
@@ -126,27 +127,61 @@ impl Session {
         };
         match command {
             LocalCommand::Set { name, value } => {
-                if name != "target" {
-                    return Err(SessionError::UnknownShardgateSetting(name));
-                }
                 let tag = if value.is_none() { "RESET" } else { "SET" };
-                self.target = match value {
-                    None => Target::Auto,
-                    Some(v) => Target::parse(&v).ok_or(SessionError::InvalidShardgateValue {
-                        name,
-                        value: v,
-                        allowed: "shardgate.target is 'primary', 'replica' or 'auto'",
-                    })?,
-                };
+                match name.as_str() {
+                    "target" => {
+                        self.target = match value {
+                            None => Target::Auto,
+                            Some(v) => {
+                                Target::parse(&v).ok_or(SessionError::InvalidShardgateValue {
+                                    name,
+                                    value: v,
+                                    allowed: "shardgate.target is 'primary', 'replica' or 'auto'",
+                                })?
+                            }
+                        };
+                    }
+                    "shard" | "sharding_key" => {
+                        let pin = value.clone().map(|v| {
+                            if name == "shard" {
+                                ShardHint::Shard(v)
+                            } else {
+                                ShardHint::Key(v)
+                            }
+                        });
+                        if pin.is_none()
+                            && !matches!(
+                                (&self.shard_pin, name.as_str()),
+                                (Some(ShardHint::Shard(_)), "shard")
+                                    | (Some(ShardHint::Key(_)), "sharding_key")
+                            )
+                        {
+                            // Resetting the one not set leaves the other.
+                            return Ok(Outcome::Set(tag));
+                        }
+                        self.set_shard_pin(pin).map_err(|_| {
+                            SessionError::InvalidShardgateValue {
+                                name,
+                                value: value.unwrap_or_default(),
+                                allowed: "shardgate.shard names a shard of the map",
+                            }
+                        })?;
+                    }
+                    _ => return Err(SessionError::UnknownShardgateSetting(name)),
+                }
                 Ok(Outcome::Set(tag))
             }
             LocalCommand::Show { name } => {
-                if name != "target" {
-                    return Err(SessionError::UnknownShardgateSetting(name));
-                }
+                let value = match (name.as_str(), &self.shard_pin) {
+                    ("target", _) => self.target.as_str().to_string(),
+                    ("shard", Some(ShardHint::Shard(s))) => s.clone(),
+                    ("sharding_key", Some(ShardHint::Key(k))) => k.clone(),
+                    ("shard" | "sharding_key", _) => String::new(),
+                    _ => return Err(SessionError::UnknownShardgateSetting(name)),
+                };
                 Ok(Outcome::Show {
                     name: format!("shardgate.{name}"),
-                    value: self.target.as_str().into(),
+                    value,
                 })
             }
         }

@@ -26,10 +26,13 @@ use tracing::{debug, warn};
 
 mod client;
 mod connection;
+mod copy_split;
+mod fanout;
 mod local;
 mod multiplexed;
 mod route;
 mod server;
+mod shards;
 
 use super::listener::Worker;
 use super::multiplex::{self, MuxConn, MuxOutput, StatementSpeed};
@@ -134,14 +137,30 @@ pub struct Session {
     cancel: Arc<CancelSlot>,
     max_message: usize,
     session_mode: bool,
-    shard: String,
+    /// More than one shard, or sharded tables: units are routed by shard (`shards`).
+    sharding: bool,
+    /// The shard of the held connection.
+    shard_idx: usize,
+    /// The shard the current unit goes to (see `shards::route_unit`).
+    unit_shard: usize,
+    /// The current unit has been routed.
+    unit_routed: bool,
+    /// `SET shardgate.shard` / `shardgate.sharding_key`.
+    shard_pin: Option<crate::router::ShardHint>,
+    /// The client's last BEGIN text, to open its transaction on other shards.
+    begin_sql: String,
+    /// A transaction (or unit) over several shards: its connections.
+    multi: Option<Box<fanout::Multi>>,
+    /// A COPY FROM STDIN being split over the shards.
+    copy_split: Option<Box<copy_split::CopySplit>>,
     /// The server of the held connection, counted busy while held.
     held: Option<BusyGuard>,
     /// Routing: the client's address (for `source` balancing), `SET shardgate.target`, the WAL
     /// position of its last write (read-your-writes), a write sent in the current transaction.
     client_ip: std::net::IpAddr,
     target: route::Target,
-    min_lsn: u64,
+    /// Per shard.
+    min_lsn: Vec<u64>,
     tx_wrote: bool,
     /// The open segment commits a write: read the WAL position after its Sync.
     wal_at_sync: bool,
@@ -205,7 +224,14 @@ impl Session {
             cancel,
             max_message: config.proxy.max_message_size,
             session_mode: config.proxy.pool_mode == PoolMode::Session,
-            shard: config.shards[0].name.clone(),
+            sharding: worker.shared.classify.sharding,
+            shard_idx: 0,
+            unit_shard: 0,
+            unit_routed: false,
+            shard_pin: None,
+            begin_sql: "BEGIN".into(),
+            multi: None,
+            copy_split: None,
             held: None,
             client_ip: ready
                 .client_addr
@@ -213,7 +239,7 @@ impl Session {
                     a.ip()
                 }),
             target: route::Target::Auto,
-            min_lsn: 0,
+            min_lsn: vec![0; config.shards.len()],
             tx_wrote: false,
             wal_at_sync: false,
             begun: false,
@@ -302,6 +328,7 @@ impl Session {
         match &self.backend {
             Some(b) => b.tx_status,
             None if self.failed_tx => be::TX_FAILED,
+            None if self.multi.is_some() => self.multi.as_ref().expect("checked").status(),
             None if self.deferred_begin.is_some() => be::TX_IN_BLOCK,
             None => be::TX_IDLE,
         }

@@ -24,6 +24,7 @@ impl Session {
     /// Whether the next segment may go to a multiplexed connection: nothing else is going on.
     pub(super) fn mux_ready(&self) -> bool {
         self.worker.mux_limit > 0
+            && !self.sharding
             && self.backend.is_none()
             && self.pending.is_empty()
             && !self.session_mode
@@ -217,7 +218,7 @@ impl Session {
         }
         // Count it before the await, so sessions that arrive meanwhile do not open more.
         self.worker.mux_opening.borrow_mut().push(addr);
-        let conn = self.checkout_conn(addr).await;
+        let conn = self.checkout_conn(0, addr).await;
         {
             let mut opening = self.worker.mux_opening.borrow_mut();
             if let Some(i) = opening.iter().position(|a| *a == addr) {

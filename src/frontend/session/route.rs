@@ -10,7 +10,6 @@
 
 use super::*;
 use crate::topology::Role;
-use crate::topology::balance::{ReadContext, pick_read};
 
 /// `SET shardgate.target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,25 +254,9 @@ impl Session {
         self.held.as_ref().map(|g| g.server().role)
     }
 
-    /// The server a request that wants `want` goes to now.
+    /// The server a request that wants `want` goes to now, on the unit's shard.
     pub(super) fn pick_server(&self, want: Want, exclude: Option<ServerAddr>) -> Arc<ServerState> {
-        let shard = &self.worker.shared.topology.shards[0];
-        match want {
-            Want::Primary => shard.primary.clone(),
-            Want::Read => {
-                let routing = &self.worker.shared.config.routing;
-                let ctx = ReadContext {
-                    client_ip: self.client_ip,
-                    min_lsn: if routing.read_your_writes {
-                        self.min_lsn
-                    } else {
-                        0
-                    },
-                    exclude,
-                };
-                pick_read(shard, routing.read_balance, routing.read_from_primary, &ctx).clone()
-            }
-        }
+        self.pick_server_on(self.unit_shard, want, exclude)
     }
 
     /// Takes a connection for a request that wants `want`: on the chosen server, or, when that is
@@ -287,8 +270,9 @@ impl Session {
                 Some(s) => s,
                 None => self.pick_server(want, exclude),
             };
-            match self.checkout_conn(server.addr).await {
+            match self.checkout_conn(self.unit_shard, server.addr).await {
                 Ok(conn) => {
+                    self.shard_idx = self.unit_shard;
                     self.cancel.set(Some(CancelTarget {
                         addr: conn.addr,
                         pid: conn.pid,
@@ -370,7 +354,9 @@ impl Session {
     fn tracks_writes(&self) -> bool {
         self.worker.shared.config.routing.read_your_writes
             && self.held_role() == Some(Role::Primary)
-            && !self.worker.shared.topology.shards[0].replicas.is_empty()
+            && !self.worker.shared.topology.shards[self.shard_idx]
+                .replicas
+                .is_empty()
     }
 
     /// Whether the statement with this plan, just sent, ends a write transaction: COMMIT of a
@@ -411,7 +397,8 @@ impl Session {
                     .and_then(|c| c.first().copied().flatten())
                     .and_then(parse_lsn)
                 {
-                    self.min_lsn = self.min_lsn.max(lsn);
+                    let slot = &mut self.min_lsn[self.shard_idx];
+                    *slot = (*slot).max(lsn);
                 }
             }
             be::READY_FOR_QUERY => {

@@ -65,9 +65,8 @@ pub(super) fn fallback(sig: &[&Token], hint: Option<Hint>) -> Plan {
         read,
         writes: false,
         unparsed: false,
-        hint,
         tx,
-        local: false,
+        ..Plan::unparsed(hint)
     };
     if let Some(tx) = transaction_statement(stmt) {
         return known(false, tx);

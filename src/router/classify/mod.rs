@@ -52,8 +52,10 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::hint::{self, Hint};
+use super::hint::{self, Hint, ShardHint};
 use super::local;
+use super::shard::{self, ShardPlan, ShardScope};
+use crate::config::TableConfig;
 
 mod fallback;
 use fallback::{counts_for_depth, fallback, has_row_lock_words};
@@ -100,6 +102,12 @@ pub struct Plan {
     /// The text is a `SET/RESET/SHOW shardgate.<name>` command answered by the proxy (parse it with
     /// [`local::parse`]); such plans have read=false, writes=false.
     pub local: bool,
+    /// With sharding on (`ClassifyOptions::sharding`): the shard plan of each statement that reads
+    /// or writes data (statements that only touch session or transaction state have none, and go
+    /// wherever the session is). Empty: any shard.
+    pub shards: Vec<ShardPlan>,
+    /// `/* shardgate: shard=NAME */` or `key=VALUE` as the leading comment.
+    pub shard_hint: Option<ShardHint>,
 }
 
 impl Plan {
@@ -112,6 +120,8 @@ impl Plan {
             hint,
             tx: TxControl::None,
             local: false,
+            shards: Vec::new(),
+            shard_hint: None,
         }
     }
 }
@@ -122,6 +132,25 @@ pub struct ClassifyOptions {
     /// Extra names of functions that write (config `routing.write_functions`), lowercase. A
     /// schema-qualified entry matches on its last part.
     pub write_functions: Vec<String>,
+    /// More than one shard: plan which shards each statement touches.
+    pub sharding: bool,
+    /// The sharded tables (`[[tables]]`).
+    pub tables: Vec<TableConfig>,
+}
+
+impl ClassifyOptions {
+    pub fn from_config(config: &crate::config::Config) -> ClassifyOptions {
+        ClassifyOptions {
+            write_functions: config
+                .routing
+                .write_functions
+                .iter()
+                .map(|f| f.trim().to_ascii_lowercase())
+                .collect(),
+            sharding: config.shards.len() > 1 || !config.tables.is_empty(),
+            tables: config.tables.clone(),
+        }
+    }
 }
 
 /// Texts with more operator-like tokens than this are not parsed (see the module docs). A release
@@ -168,15 +197,58 @@ pub fn is_write_function(name: &str, opts: &ClassifyOptions) -> bool {
 
 /// Classifies one SQL text (one simple Query, or one Parse of the extended protocol).
 pub fn classify(sql: &str, opts: &ClassifyOptions) -> Plan {
-    let hint = hint::leading(sql);
+    let (hint, shard_hint) = hint::leading_all(sql).unwrap_or((None, None));
+    let mut plan = classify_text(sql, opts, hint);
+    if opts.sharding {
+        plan.shard_hint = shard_hint;
+        if plan.unparsed && !plan.local {
+            plan.shards = vec![unparsed_shard_plan(sql, &opts.tables)];
+        }
+    }
+    plan
+}
+
+/// The shard plan of a text sqlparser cannot read: every shard's primary, unless it looks like
+/// reading or changing rows of a sharded table, which cannot be placed without its key.
+fn unparsed_shard_plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
+    let mut p = ShardPlan {
+        scope: ShardScope::Unparsed,
+        ..ShardPlan::unsharded(true)
+    };
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return p;
+    };
+    let words: Vec<&str> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(w.value.as_str()),
+            _ => None,
+        })
+        .collect();
+    let dml = words.first().is_some_and(|w| {
+        [
+            "insert", "update", "delete", "merge", "select", "with", "copy",
+        ]
+        .iter()
+        .any(|k| w.eq_ignore_ascii_case(k))
+    });
+    if dml
+        && let Some(t) = tables
+            .iter()
+            .find(|t| words.iter().any(|w| w.eq_ignore_ascii_case(&t.name)))
+    {
+        p.unparsed_table = Some(t.name.clone());
+    }
+    p
+}
+
+fn classify_text(sql: &str, opts: &ClassifyOptions, hint: Option<Hint>) -> Plan {
     if local::parse(sql).is_some() {
         return Plan {
-            read: false,
+            local: true,
             writes: false,
             unparsed: false,
-            hint,
-            tx: TxControl::None,
-            local: true,
+            ..Plan::unparsed(hint)
         };
     }
 
@@ -209,12 +281,14 @@ pub fn classify(sql: &str, opts: &ClassifyOptions) -> Plan {
         read: !statements.is_empty(),
         writes: false,
         unparsed: false,
-        hint,
-        tx: TxControl::None,
-        local: false,
+        ..Plan::unparsed(hint)
     };
     for stmt in &statements {
         let class = statement(stmt, opts);
+        if opts.sharding && (class.read || class.writes) {
+            plan.shards
+                .push(shard::plan_statement(stmt, sql, &opts.tables));
+        }
         plan.read &= class.read;
         plan.writes |= class.writes;
         plan.tx = fold_tx(plan.tx, class.tx);

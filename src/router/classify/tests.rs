@@ -3,6 +3,7 @@ use super::*;
 fn opts() -> ClassifyOptions {
     ClassifyOptions {
         write_functions: vec!["audit_log".into(), "app.bump_counter".into()],
+        ..Default::default()
     }
 }
 

@@ -13,13 +13,12 @@ use super::literals::{literal_index, offset_of};
 use super::{KeyValue, ShardPlan, ShardScope};
 use crate::config::TableConfig;
 
-/// The plan of one SQL text.
+/// The plan of one SQL text (for tests and `shardgate route`; the classifier plans each statement
+/// of a text it already parsed with [`plan_statement`]).
 pub fn plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
     let unparsed = ShardPlan {
         scope: ShardScope::Unparsed,
-        write: true,
-        moves_key: false,
-        cross_shard_join: false,
+        ..ShardPlan::unsharded(true)
     };
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return unparsed;
@@ -35,6 +34,11 @@ pub fn plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
             ..unparsed
         };
     };
+    plan_statement(statement, sql, tables)
+}
+
+/// The plan of one parsed statement of `sql`.
+pub fn plan_statement(statement: &Statement, sql: &str, tables: &[TableConfig]) -> ShardPlan {
     let ctx = Ctx { tables, sql };
     match statement {
         Statement::Query(q) => ctx.query(q),
@@ -60,12 +64,7 @@ pub fn plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
         }
         other => {
             // DDL and everything else: a sharded table named anywhere means every shard.
-            let mut p = ShardPlan {
-                scope: ShardScope::Unsharded,
-                write: true,
-                moves_key: false,
-                cross_shard_join: false,
-            };
+            let mut p = ShardPlan::unsharded(true);
             if let Some(t) = ctx.sharded_relation(other) {
                 p.scope = ShardScope::AllShards { table: t };
             }
@@ -151,20 +150,13 @@ impl<'a> Ctx<'a> {
                     Some(t) => ShardScope::AllShards { table: t },
                     None => ShardScope::Unsharded,
                 },
-                write: false,
-                moves_key: false,
-                cross_shard_join: false,
+                ..ShardPlan::unsharded(false)
             },
         }
     }
 
     fn insert(&self, insert: &sqlparser::ast::Insert) -> ShardPlan {
-        let mut p = ShardPlan {
-            scope: ShardScope::Unsharded,
-            write: true,
-            moves_key: false,
-            cross_shard_join: false,
-        };
+        let mut p = ShardPlan::unsharded(true);
         let TableObject::TableName(name) = &insert.table else {
             return p;
         };
@@ -174,6 +166,8 @@ impl<'a> Ctx<'a> {
         p.scope = ShardScope::AllShards {
             table: t.name.clone(),
         };
+        // Until the rows' keys are found, this INSERT cannot be placed.
+        p.keyless_insert = true;
         let Some(col) = insert
             .columns
             .iter()
@@ -190,6 +184,8 @@ impl<'a> Ctx<'a> {
             .map(|row| row.get(col).and_then(|e| value(self.sql, e)))
             .collect();
         if let Some(keys) = keys {
+            p.keyless_insert = false;
+            p.insert_rows = true;
             p.scope = ShardScope::Keys {
                 table: t.name.clone(),
                 keys,
@@ -220,12 +216,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        let mut p = ShardPlan {
-            scope: ShardScope::Unsharded,
-            write,
-            moves_key: false,
-            cross_shard_join: false,
-        };
+        let mut p = ShardPlan::unsharded(write);
         if bound.is_empty() {
             return p;
         }

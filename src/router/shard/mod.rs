@@ -17,18 +17,27 @@
 //! can be cached under the route cache's literal-blind key and [`rebind`] to each text of that
 //! shape (one lexer pass) instead of parsing it again.
 //!
-//! Not yet wired into the session loop (issue 4 continues); `shardgate route` prints plans.
+//! The classifier (`router::classify`) stores one plan per data statement of a text in its
+//! `Plan`; the session resolves them with [`shards_of`] for each execution.
 //!
 //! Files: `find.rs` (the walk over the parse tree), `literals.rs` (literal positions and
-//! `rebind`), `explain.rs` (keys to shards, and the decision in words).
+//! `rebind`), `resolve.rs` (keys to shards, refusals), `explain.rs` (the decision in words).
 
+mod copy;
 mod explain;
 mod find;
 mod literals;
+mod resolve;
+mod split;
 
-pub use explain::{Shards, explain, resolve};
-pub use find::plan;
+pub use copy::{CopyIn, Line, RowSplitter, copy_in};
+pub use explain::explain;
+pub use find::{plan, plan_statement};
 pub use literals::{literals, rebind};
+pub use resolve::{
+    MAX_SHARDS, RouteError, ShardSet, Shards, key_shards, needs_literals, resolve, shards_of,
+};
+pub use split::{split_insert, values_rows};
 
 /// Where a shard key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +88,30 @@ pub struct ShardPlan {
     pub moves_key: bool,
     /// Two sharded tables are joined without equating their shard keys.
     pub cross_shard_join: bool,
+    /// An INSERT into a sharded table whose rows' keys cannot be read (no key column in the column
+    /// list, or INSERT ... SELECT): refused rather than written to every shard.
+    pub keyless_insert: bool,
+    /// An unparsed text that seems to read or change rows of this sharded table: refused, since
+    /// its shard cannot be told (a shard hint routes it).
+    pub unparsed_table: Option<String>,
+    /// The keys are those of an INSERT's VALUES rows, one per row: rows for several shards must
+    /// be split, not sent whole to each.
+    pub insert_rows: bool,
+}
+
+impl ShardPlan {
+    /// A plan touching no sharded table.
+    pub fn unsharded(write: bool) -> ShardPlan {
+        ShardPlan {
+            scope: ShardScope::Unsharded,
+            write,
+            moves_key: false,
+            cross_shard_join: false,
+            keyless_insert: false,
+            unparsed_table: None,
+            insert_rows: false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,303 @@
+//! Which shard a request goes to. With more than one shard (or any `[[tables]]`), each unit of
+//! client messages (a simple Query, or the extended-protocol messages up to Sync or Flush) is
+//! routed as a whole before its first message is handled: the shard plans of its statements
+//! (`router::shard`), with literal keys from the text and `$n` keys from the Bind, give the shards.
+//! One shard: the ordinary path on that shard's connection. Several, or a transaction that has
+//! already touched another shard: the fan-out path (`fanout`).
+//!
+//! A leading `/* shardgate: shard=NAME */` or `key=VALUE` comment, then `SET shardgate.shard` /
+//! `shardgate.sharding_key`, override what the statements say.
+
+use super::*;
+use crate::hash::{KeyType, ShardKey};
+use crate::router::ShardHint;
+use crate::router::shard::{RouteError, ShardScope, Shards, literals, needs_literals, shards_of};
+
+/// A unit can wait this long for its Sync before it is routed on what has arrived.
+const LOOKAHEAD_LIMIT: usize = 1 << 20;
+
+/// The routing of one unit of client messages.
+pub(super) enum UnitRoute {
+    /// The unit's messages have not all arrived.
+    Incomplete,
+    /// `len` bytes of messages, to these shards.
+    Go { shards: Shards, len: usize },
+    /// A statement of the unit cannot be routed: the client gets this error.
+    Refused { error: SessionError, len: usize },
+}
+
+/// What the session loop does with a unit after routing it.
+pub(super) enum UnitStep {
+    /// Handle its messages on the ordinary path (the shard is chosen).
+    Go,
+    /// This many bytes were handled (fan-out, or refused).
+    Done(usize),
+    /// Wait for more bytes from the client.
+    More,
+    /// Wait until the held connection owes nothing.
+    Wait,
+    End(End),
+}
+
+impl Session {
+    /// Routes the unit at the front of `buf` and, when it needs several shards, runs it.
+    pub(super) async fn shard_unit(&mut self, buf: &[u8]) -> UnitStep {
+        let (shards, len) = match self.route_unit(buf) {
+            UnitRoute::Incomplete => return UnitStep::More,
+            UnitRoute::Refused { error, len } => {
+                if !self.pending.is_empty() {
+                    return UnitStep::Wait;
+                }
+                error.write_to(&mut self.cout);
+                let ends = buf[..len].first().is_some_and(|t| *t == fe::QUERY)
+                    || last_is_sync(&buf[..len]);
+                if ends {
+                    let status = self.client_tx_status();
+                    be::write_ready_for_query(&mut self.cout, status);
+                } else {
+                    self.local_skip = true;
+                }
+                return UnitStep::Done(len);
+            }
+            UnitRoute::Go { shards, len } => (shards, len),
+        };
+        let local = buf[0] == fe::QUERY && self.plan_text(fe::query_text(&buf[5..len])).local;
+        let single = match shards {
+            _ if local => Some(None),
+            Shards::Any => Some(None),
+            Shards::Set(s) => s.single().map(Some),
+            Shards::All if self.worker.shared.config.shards.len() == 1 => Some(Some(0)),
+            Shards::All => None,
+        };
+        if self.multi.is_none()
+            && let Some(target) = single
+        {
+            let shard = target.unwrap_or(if self.backend.is_some() {
+                self.shard_idx
+            } else {
+                self.default_shard()
+            });
+            if self.backend.is_some() && self.shard_idx != shard {
+                if !self.pending.is_empty() {
+                    return UnitStep::Wait;
+                }
+                if self.can_switch() {
+                    self.release();
+                } else {
+                    self.escalate();
+                    return self.fanout_unit(&buf[..len], shards).await;
+                }
+            }
+            self.unit_shard = shard;
+            self.unit_routed = true;
+            return UnitStep::Go;
+        }
+        if local && self.multi.is_some() {
+            self.unit_routed = true;
+            return UnitStep::Go;
+        }
+        if self.backend.is_some() {
+            if !self.pending.is_empty() {
+                return UnitStep::Wait;
+            }
+            if self.can_switch() {
+                self.release();
+            } else {
+                self.escalate();
+            }
+        }
+        self.fanout_unit(&buf[..len], shards).await
+    }
+
+    async fn fanout_unit(&mut self, unit: &[u8], shards: Shards) -> UnitStep {
+        match self.run_fanout(unit, shards).await {
+            Ok(_) => UnitStep::Done(unit.len()),
+            Err(e) => UnitStep::End(e),
+        }
+    }
+
+    /// Routes the unit that starts at `buf`.
+    pub(super) fn route_unit(&self, buf: &[u8]) -> UnitRoute {
+        let mut off = 0;
+        let mut last = 0;
+        let mut shards = Shards::Any;
+        // Statements parsed in this unit, by name, for the Binds after them.
+        let mut parsed: Vec<(&[u8], Arc<Plan>, &[u8])> = Vec::new();
+        loop {
+            let header = match peek_header(&buf[off..], usize::MAX) {
+                Ok(Some(h)) if buf.len() - off >= h.frame_len => h,
+                _ if off >= LOOKAHEAD_LIMIT => return UnitRoute::Go { shards, len: off },
+                // Everything that arrived ends with an Execute: a client may wait for its answer
+                // before it sends the Sync (COPY FROM STDIN sends its data first). A Bind that
+                // comes later in the unit is checked against the shard chosen now.
+                Ok(None) if off == buf.len() && last == fe::EXECUTE => {
+                    return UnitRoute::Go { shards, len: off };
+                }
+                _ => return UnitRoute::Incomplete,
+            };
+            last = header.tag;
+            let body = &buf[off + 5..off + header.frame_len];
+            off += header.frame_len;
+            let step = match header.tag {
+                fe::QUERY => {
+                    let text = fe::query_text(body);
+                    let plan = self.plan_text(text);
+                    let r = self.text_shards(&plan, text, None);
+                    return match r {
+                        Ok(s) => UnitRoute::Go {
+                            shards: s,
+                            len: off,
+                        },
+                        Err(e) => UnitRoute::Refused { error: e, len: off },
+                    };
+                }
+                fe::PARSE => {
+                    if let Ok((name, rest)) = fe::parse_name(body) {
+                        let text = fe::query_text(rest);
+                        let plan = self.plan_text(text);
+                        parsed.retain(|(n, _, _)| *n != name);
+                        parsed.push((name, plan, text));
+                    }
+                    Ok(Shards::Any)
+                }
+                fe::BIND => match fe::bind_statement(body) {
+                    Ok((_, stmt, rest)) => {
+                        let found = parsed
+                            .iter()
+                            .rev()
+                            .find(|(n, _, _)| *n == stmt)
+                            .map(|(_, p, t)| (p.clone(), Some(*t)));
+                        let found = found.or_else(|| {
+                            if stmt.is_empty() {
+                                self.unnamed_plan.clone().map(|p| (p, None))
+                            } else {
+                                self.statements
+                                    .get(stmt)
+                                    .map(|s| (s.plan.clone(), Some(fe::query_text(&s.parse_rest))))
+                            }
+                        });
+                        match found {
+                            Some((plan, text)) => {
+                                let text = text.or(Some(self.unnamed_text()));
+                                self.text_shards(&plan, text.unwrap_or_default(), Some(rest))
+                            }
+                            None => Ok(Shards::Any),
+                        }
+                    }
+                    Err(_) => Ok(Shards::Any),
+                },
+                fe::SYNC | fe::FLUSH => return UnitRoute::Go { shards, len: off },
+                _ => Ok(Shards::Any),
+            };
+            match step {
+                Ok(s) => shards = shards.union(s),
+                Err(error) => {
+                    // Refuse the whole unit, up to its Sync.
+                    let len = unit_end(buf, off);
+                    return UnitRoute::Refused { error, len };
+                }
+            }
+        }
+    }
+
+    /// The text of the last unnamed Parse.
+    fn unnamed_text(&self) -> &[u8] {
+        if self.unnamed_parse.len() > 5 {
+            fe::parse_name(&self.unnamed_parse[5..])
+                .map(|(_, rest)| fe::query_text(rest))
+                .unwrap_or_default()
+        } else {
+            b""
+        }
+    }
+
+    /// The shards of one statement text; `bind`: the rest of its Bind (parameters), if executed.
+    pub(super) fn text_shards(
+        &self,
+        plan: &Plan,
+        text: &[u8],
+        bind: Option<&[u8]>,
+    ) -> Result<Shards, SessionError> {
+        let config = &self.worker.shared.config;
+        if plan.local {
+            return Ok(Shards::Any);
+        }
+        let key_type = plan.shards.iter().find_map(|p| match &p.scope {
+            ShardScope::Keys { table, .. } | ShardScope::AllShards { table } => {
+                config.table(table).map(|t| t.key_type)
+            }
+            _ => None,
+        });
+        if let Some(h) = plan.shard_hint.as_ref().or(self.shard_pin.as_ref()) {
+            return h
+                .shard_index(config, key_type)
+                .map(|i| Shards::Set(crate::router::shard::ShardSet::one(i)))
+                .map_err(SessionError::BadShardHint);
+        }
+        let values = if needs_literals(&plan.shards) {
+            std::str::from_utf8(text).ok().and_then(literals)
+        } else {
+            None
+        };
+        let param = |n: usize, t: KeyType| -> Result<ShardKey, RouteError> {
+            let (binary, value) = bind
+                .and_then(|rest| fe::bind_param(rest, n))
+                .ok_or(RouteError::Unbound(n))?;
+            let value = value.ok_or_else(|| {
+                RouteError::BadKey(format!("the shard key (parameter ${n}) is NULL"))
+            })?;
+            let key = if binary {
+                ShardKey::from_binary(t, value)
+            } else {
+                ShardKey::from_text(t, &String::from_utf8_lossy(value))
+            };
+            key.map_err(|e| RouteError::BadKey(format!("parameter ${n}: {e}")))
+        };
+        match shards_of(&plan.shards, config, values.as_deref(), &param) {
+            Ok(s) => Ok(s),
+            // A Parse not yet bound (a statement prepared for later): any shard can prepare it.
+            Err(RouteError::Unbound(_)) if bind.is_none() => Ok(Shards::Any),
+            Err(e) => Err(SessionError::Route(e)),
+        }
+    }
+
+    /// Sets `SET shardgate.shard` / `shardgate.sharding_key` (None: reset), checked against the map.
+    pub(super) fn set_shard_pin(&mut self, pin: Option<ShardHint>) -> Result<(), String> {
+        if let Some(ShardHint::Shard(_)) = &pin {
+            pin.as_ref()
+                .expect("checked")
+                .shard_index(&self.worker.shared.config, None)?;
+        }
+        self.shard_pin = pin;
+        Ok(())
+    }
+}
+
+/// Whether the last whole frame of `buf` is a Sync.
+fn last_is_sync(buf: &[u8]) -> bool {
+    let mut off = 0;
+    let mut last = 0;
+    while let Ok(Some(h)) = peek_header(&buf[off..], usize::MAX) {
+        if buf.len() - off < h.frame_len {
+            break;
+        }
+        last = h.tag;
+        off += h.frame_len;
+    }
+    last == fe::SYNC
+}
+
+/// The end of the unit whose messages start before `off`: past its Sync, or the end of `buf`.
+fn unit_end(buf: &[u8], mut off: usize) -> usize {
+    loop {
+        match peek_header(&buf[off..], usize::MAX) {
+            Ok(Some(h)) if buf.len() - off >= h.frame_len => {
+                off += h.frame_len;
+                if h.tag == fe::SYNC {
+                    return off;
+                }
+            }
+            _ => return off,
+        }
+    }
+}
