@@ -134,6 +134,14 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// A server connection failed under a request.
+    pub fn lost(server: ServerAddr, e: impl std::fmt::Display) -> SessionError {
+        SessionError::BackendLost {
+            server,
+            reason: e.to_string(),
+        }
+    }
+
     /// The SQLSTATE sent with this error.
     pub fn sqlstate(&self) -> &str {
         match self {

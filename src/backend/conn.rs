@@ -301,6 +301,31 @@ impl BackendConn {
         }
     }
 
+    /// Reads an answer frame by frame, handing each to `each`, until ReadyForQuery (which sets
+    /// `tx_status` and is not handed on) or until `each` returns true (it stopped at a frame it
+    /// waited for, such as CopyInResponse). ParameterStatus frames are recorded as they pass.
+    /// Not cancel safe; for the proxy's own exchanges.
+    pub async fn read_answer(
+        &mut self,
+        during: &'static str,
+        mut each: impl FnMut(u8, Bytes) -> bool,
+    ) -> Result<(), BackendError> {
+        loop {
+            let (tag, body) = self.read_frame(during).await?;
+            match tag {
+                msg::READY_FOR_QUERY => {
+                    self.tx_status = body.first().copied().unwrap_or(msg::TX_IDLE);
+                    return Ok(());
+                }
+                msg::PARAMETER_STATUS => self.note_param(&body),
+                _ => {}
+            }
+            if each(tag, body) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Records a ParameterStatus body.
     pub fn note_param(&mut self, body: &[u8]) {
         if let Some((name, value)) = msg::parameter_status(body) {
@@ -319,25 +344,21 @@ impl BackendConn {
         crate::protocol::frontend::write_query(&mut self.wbuf, sql);
         self.send().await?;
         let mut out = InternalResult::default();
-        loop {
-            let (tag, body) = self.read_frame("internal query").await?;
+        let mut malformed = false;
+        self.read_answer("internal query", |tag, body| {
             match tag {
-                msg::DATA_ROW => {
-                    let cols = msg::data_row_columns(&body).ok_or(BackendError::Protocol {
-                        addr: self.addr,
-                        during: "internal query",
-                    })?;
-                    out.rows.push(
+                msg::DATA_ROW => match msg::data_row_columns(&body) {
+                    Some(cols) => out.rows.push(
                         cols.into_iter()
                             .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
                             .collect(),
-                    );
-                }
+                    ),
+                    None => malformed = true,
+                },
                 msg::ERROR_RESPONSE if out.error.is_none() => {
                     out.error = Some(ServerError { body });
                 }
                 msg::PARAMETER_STATUS => {
-                    self.note_param(&body);
                     if let Some((n, v)) = msg::parameter_status(&body) {
                         out.param_changes.push((
                             String::from_utf8_lossy(n).into_owned(),
@@ -345,13 +366,19 @@ impl BackendConn {
                         ));
                     }
                 }
-                msg::READY_FOR_QUERY => {
-                    self.tx_status = body.first().copied().unwrap_or(msg::TX_IDLE);
-                    return Ok(out);
-                }
                 _ => {}
             }
+            false
+        })
+        .await?;
+        if malformed {
+            self.broken = true;
+            return Err(BackendError::Protocol {
+                addr: self.addr,
+                during: "internal query",
+            });
         }
+        Ok(out)
     }
 
     /// Makes this server session carry `settings` (replaying the difference with `set_config`/

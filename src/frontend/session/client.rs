@@ -89,7 +89,9 @@ impl Session {
                     }
                     if matches!(header.tag, fe::SYNC | fe::QUERY) {
                         self.unit_routed = false;
+                        self.unit_plan = None;
                     }
+                    self.unit_left = self.unit_left.saturating_sub(header.frame_len);
                     off += header.frame_len;
                 }
                 Ok(Flow::Wait) => {
@@ -200,7 +202,10 @@ impl Session {
 
     pub(super) async fn on_query(&mut self, frame: &[u8]) -> Step {
         let text = fe::query_text(&frame[5..]);
-        let plan = self.plan_text(text);
+        let plan = match self.unit_plan.take() {
+            Some(p) => p,
+            None => self.plan_text(text),
+        };
         if plan.local {
             self.local_simple(text);
             return Ok(Flow::Continue);
@@ -412,21 +417,15 @@ impl Session {
             return Ok(Flow::Continue);
         }
         let plan = self.statement_plan(stmt_name);
-        if self.sharding
-            && self.backend.is_some()
-            && let Some(p) = plan.as_deref()
-        {
+        if self.sharding && self.unit_left == 0 && self.backend.is_some() {
             // A Bind that arrived after its unit was routed must belong to the same shard.
-            let text = match self.statements.get(stmt_name) {
-                Some(s) => fe::query_text(&s.parse_rest).to_vec(),
-                None => fe::parse_name(self.unnamed_parse.get(5..).unwrap_or_default())
-                    .map(|(_, r)| fe::query_text(r).to_vec())
-                    .unwrap_or_default(),
-            };
-            let fits = match self.text_shards(p, &text, Some(rest)) {
-                Ok(crate::router::shard::Shards::Any) => true,
-                Ok(crate::router::shard::Shards::Set(s)) => s.single() == Some(self.shard_idx),
-                _ => false,
+            let fits = match self.bound_statement(&[], stmt_name) {
+                Some((p, text)) => match self.text_shards(&p, text, Some(rest)) {
+                    Ok(crate::router::shard::Shards::Any) => true,
+                    Ok(crate::router::shard::Shards::Set(s)) => s.single() == Some(self.shard_idx),
+                    _ => false,
+                },
+                None => true,
             };
             if !fits {
                 self.push_local_error(SessionError::CrossShard(

@@ -116,10 +116,16 @@ impl Session {
 
     /// Reads the server's view of the session (settings, pins) after a state-changing transaction.
     pub(super) async fn capture(&mut self) {
+        if let Some(mut conn) = self.backend.take() {
+            self.capture_on(&mut conn).await;
+            self.backend = Some(conn);
+        }
+    }
+
+    /// Reads the session state `conn` holds into the client's settings and pins, and puts the
+    /// connection back to the client's startup settings where it differs.
+    pub(super) async fn capture_on(&mut self, conn: &mut crate::backend::BackendConn) {
         let startup = self.startup_settings.clone();
-        let Some(conn) = self.backend.as_mut() else {
-            return;
-        };
         let result = match conn.run_internal(session_state::CAPTURE_SQL).await {
             Ok(r) if r.error.is_none() => r,
             Ok(r) => {
@@ -205,13 +211,7 @@ impl Session {
 
     /// The client is gone: leave nothing open on the server connection.
     pub(super) async fn finish(&mut self) {
-        if let Some(m) = self.multi.as_mut() {
-            // Open transactions on several shards: closing the connections rolls them back.
-            for p in m.parts_mut() {
-                p.broken = true;
-            }
-            self.release_parts().await;
-        }
+        self.drop_parts();
         let Some(mut conn) = self.backend.take() else {
             return;
         };

@@ -26,7 +26,6 @@ use tracing::{debug, warn};
 
 mod client;
 mod connection;
-mod copy_split;
 mod fanout;
 mod local;
 mod multiplexed;
@@ -145,6 +144,10 @@ pub struct Session {
     unit_shard: usize,
     /// The current unit has been routed.
     unit_routed: bool,
+    /// Bytes of the routed unit not handled yet: a Bind beyond them was not seen by the routing.
+    unit_left: usize,
+    /// The plan of the simple Query the unit is, from its routing.
+    unit_plan: Option<Arc<Plan>>,
     /// `SET shardgate.shard` / `shardgate.sharding_key`.
     shard_pin: Option<crate::router::ShardHint>,
     /// The client's last BEGIN text, to open its transaction on other shards.
@@ -152,7 +155,7 @@ pub struct Session {
     /// A transaction (or unit) over several shards: its connections.
     multi: Option<Box<fanout::Multi>>,
     /// A COPY FROM STDIN being split over the shards.
-    copy_split: Option<Box<copy_split::CopySplit>>,
+    copy_split: Option<Box<fanout::CopySplit>>,
     /// The server of the held connection, counted busy while held.
     held: Option<BusyGuard>,
     /// Routing: the client's address (for `source` balancing), `SET shardgate.target`, the WAL
@@ -228,6 +231,8 @@ impl Session {
             shard_idx: 0,
             unit_shard: 0,
             unit_routed: false,
+            unit_left: 0,
+            unit_plan: None,
             shard_pin: None,
             begin_sql: "BEGIN".into(),
             multi: None,

@@ -172,9 +172,16 @@ impl Session {
         }
     }
 
-    /// The routing plan of a SQL text, from this worker's cache.
+    /// The routing plan of a SQL text, from this worker's cache, without counting it (for a
+    /// look ahead at a statement that is counted when it is handled).
+    pub(super) fn cached_plan(&self, text: &[u8]) -> Arc<Plan> {
+        self.worker.routes.borrow_mut().plan(text)
+    }
+
+    /// The routing plan of a SQL text about to be handled, from this worker's cache; an
+    /// unparsed text is counted.
     pub(super) fn plan_text(&self, text: &[u8]) -> Arc<Plan> {
-        let plan = self.worker.routes.borrow_mut().plan(text);
+        let plan = self.cached_plan(text);
         if plan.unparsed {
             self.worker
                 .shared
@@ -257,6 +264,38 @@ impl Session {
     /// The server a request that wants `want` goes to now, on the unit's shard.
     pub(super) fn pick_server(&self, want: Want, exclude: Option<ServerAddr>) -> Arc<ServerState> {
         self.pick_server_on(self.unit_shard, want, exclude)
+    }
+
+    /// The server a request goes to on `shard`.
+    pub(super) fn pick_server_on(
+        &self,
+        shard: usize,
+        want: Want,
+        exclude: Option<ServerAddr>,
+    ) -> Arc<ServerState> {
+        let s = &self.worker.shared.topology.shards[shard];
+        match want {
+            Want::Primary => s.primary.clone(),
+            Want::Read => {
+                let routing = &self.worker.shared.config.routing;
+                let ctx = crate::topology::balance::ReadContext {
+                    client_ip: self.client_ip,
+                    min_lsn: if routing.read_your_writes {
+                        self.min_lsn[shard]
+                    } else {
+                        0
+                    },
+                    exclude,
+                };
+                crate::topology::balance::pick_read(
+                    s,
+                    routing.read_balance,
+                    routing.read_from_primary,
+                    &ctx,
+                )
+                .clone()
+            }
+        }
     }
 
     /// Takes a connection for a request that wants `want`: on the chosen server, or, when that is

@@ -13,6 +13,9 @@ use crate::hash::{KeyType, ShardKey};
 use crate::router::ShardHint;
 use crate::router::shard::{RouteError, ShardScope, Shards, literals, needs_literals, shards_of};
 
+/// A statement parsed earlier in the same unit: its name, plan and text.
+pub(super) type Parsed<'a> = (&'a [u8], Arc<Plan>, &'a [u8]);
+
 /// A unit can wait this long for its Sync before it is routed on what has arrived.
 const LOOKAHEAD_LIMIT: usize = 1 << 20;
 
@@ -20,8 +23,13 @@ const LOOKAHEAD_LIMIT: usize = 1 << 20;
 pub(super) enum UnitRoute {
     /// The unit's messages have not all arrived.
     Incomplete,
-    /// `len` bytes of messages, to these shards.
-    Go { shards: Shards, len: usize },
+    /// `len` bytes of messages, to these shards; a simple Query's plan comes along so it is not
+    /// looked up again.
+    Go {
+        shards: Shards,
+        len: usize,
+        query_plan: Option<Arc<Plan>>,
+    },
     /// A statement of the unit cannot be routed: the client gets this error.
     Refused { error: SessionError, len: usize },
 }
@@ -42,16 +50,14 @@ pub(super) enum UnitStep {
 impl Session {
     /// Routes the unit at the front of `buf` and, when it needs several shards, runs it.
     pub(super) async fn shard_unit(&mut self, buf: &[u8]) -> UnitStep {
-        let (shards, len) = match self.route_unit(buf) {
+        let (shards, len, query_plan) = match self.route_unit(buf) {
             UnitRoute::Incomplete => return UnitStep::More,
             UnitRoute::Refused { error, len } => {
                 if !self.pending.is_empty() {
                     return UnitStep::Wait;
                 }
                 error.write_to(&mut self.cout);
-                let ends = buf[..len].first().is_some_and(|t| *t == fe::QUERY)
-                    || last_is_sync(&buf[..len]);
-                if ends {
+                if buf[0] == fe::QUERY || last_is_sync(&buf[..len]) {
                     let status = self.client_tx_status();
                     be::write_ready_for_query(&mut self.cout, status);
                 } else {
@@ -59,9 +65,14 @@ impl Session {
                 }
                 return UnitStep::Done(len);
             }
-            UnitRoute::Go { shards, len } => (shards, len),
+            UnitRoute::Go {
+                shards,
+                len,
+                query_plan,
+            } => (shards, len, query_plan),
         };
-        let local = buf[0] == fe::QUERY && self.plan_text(fe::query_text(&buf[5..len])).local;
+        let local = query_plan.as_ref().is_some_and(|p| p.local);
+        // One shard (None: any), or a fan-out.
         let single = match shards {
             _ if local => Some(None),
             Shards::Any => Some(None),
@@ -69,44 +80,44 @@ impl Session {
             Shards::All if self.worker.shared.config.shards.len() == 1 => Some(Some(0)),
             Shards::All => None,
         };
-        if self.multi.is_none()
-            && let Some(target) = single
-        {
-            let shard = target.unwrap_or(if self.backend.is_some() {
-                self.shard_idx
-            } else {
-                self.default_shard()
-            });
-            if self.backend.is_some() && self.shard_idx != shard {
-                if !self.pending.is_empty() {
-                    return UnitStep::Wait;
-                }
-                if self.can_switch() {
-                    self.release();
-                } else {
-                    self.escalate();
-                    return self.fanout_unit(&buf[..len], shards).await;
-                }
+        let go = match (single, &self.multi) {
+            (Some(target), None) => {
+                let held = self.backend.as_ref().map(|_| self.shard_idx);
+                let shard = target.or(held).unwrap_or_else(|| self.default_shard());
+                held.is_none_or(|h| h == shard).then_some(shard)
             }
-            self.unit_shard = shard;
-            self.unit_routed = true;
-            return UnitStep::Go;
+            // `SET shardgate.*` in a transaction over several shards: answered here.
+            (_, Some(_)) if local => Some(self.shard_idx),
+            _ => None,
+        };
+        if let Some(shard) = go {
+            return self.go_to(shard, len, query_plan);
         }
-        if local && self.multi.is_some() {
-            self.unit_routed = true;
-            return UnitStep::Go;
-        }
+        // Another shard than the held connection's, or several.
         if self.backend.is_some() {
             if !self.pending.is_empty() {
                 return UnitStep::Wait;
             }
-            if self.can_switch() {
-                self.release();
-            } else {
+            if !self.can_switch() {
                 self.escalate();
+            } else {
+                self.release();
+                if let (Some(Some(shard)), None) = (single, &self.multi) {
+                    // Free to take the other shard's connection: the ordinary path.
+                    return self.go_to(shard, len, query_plan);
+                }
             }
         }
         self.fanout_unit(&buf[..len], shards).await
+    }
+
+    /// The unit goes the ordinary way, to `shard`.
+    fn go_to(&mut self, shard: usize, len: usize, query_plan: Option<Arc<Plan>>) -> UnitStep {
+        self.unit_shard = shard;
+        self.unit_routed = true;
+        self.unit_left = len;
+        self.unit_plan = query_plan;
+        UnitStep::Go
     }
 
     async fn fanout_unit(&mut self, unit: &[u8], shards: Shards) -> UnitStep {
@@ -122,16 +133,26 @@ impl Session {
         let mut last = 0;
         let mut shards = Shards::Any;
         // Statements parsed in this unit, by name, for the Binds after them.
-        let mut parsed: Vec<(&[u8], Arc<Plan>, &[u8])> = Vec::new();
+        let mut parsed: Vec<Parsed<'_>> = Vec::new();
         loop {
             let header = match peek_header(&buf[off..], usize::MAX) {
                 Ok(Some(h)) if buf.len() - off >= h.frame_len => h,
-                _ if off >= LOOKAHEAD_LIMIT => return UnitRoute::Go { shards, len: off },
+                _ if off >= LOOKAHEAD_LIMIT => {
+                    return UnitRoute::Go {
+                        shards,
+                        len: off,
+                        query_plan: None,
+                    };
+                }
                 // Everything that arrived ends with an Execute: a client may wait for its answer
                 // before it sends the Sync (COPY FROM STDIN sends its data first). A Bind that
                 // comes later in the unit is checked against the shard chosen now.
                 Ok(None) if off == buf.len() && last == fe::EXECUTE => {
-                    return UnitRoute::Go { shards, len: off };
+                    return UnitRoute::Go {
+                        shards,
+                        len: off,
+                        query_plan: None,
+                    };
                 }
                 _ => return UnitRoute::Incomplete,
             };
@@ -142,11 +163,11 @@ impl Session {
                 fe::QUERY => {
                     let text = fe::query_text(body);
                     let plan = self.plan_text(text);
-                    let r = self.text_shards(&plan, text, None);
-                    return match r {
+                    return match self.text_shards(&plan, text, None) {
                         Ok(s) => UnitRoute::Go {
                             shards: s,
                             len: off,
+                            query_plan: Some(plan),
                         },
                         Err(e) => UnitRoute::Refused { error: e, len: off },
                     };
@@ -154,39 +175,25 @@ impl Session {
                 fe::PARSE => {
                     if let Ok((name, rest)) = fe::parse_name(body) {
                         let text = fe::query_text(rest);
-                        let plan = self.plan_text(text);
-                        parsed.retain(|(n, _, _)| *n != name);
-                        parsed.push((name, plan, text));
+                        // Counted (unparsed texts) when the Parse is handled.
+                        parsed.push((name, self.cached_plan(text), text));
                     }
                     Ok(Shards::Any)
                 }
                 fe::BIND => match fe::bind_statement(body) {
-                    Ok((_, stmt, rest)) => {
-                        let found = parsed
-                            .iter()
-                            .rev()
-                            .find(|(n, _, _)| *n == stmt)
-                            .map(|(_, p, t)| (p.clone(), Some(*t)));
-                        let found = found.or_else(|| {
-                            if stmt.is_empty() {
-                                self.unnamed_plan.clone().map(|p| (p, None))
-                            } else {
-                                self.statements
-                                    .get(stmt)
-                                    .map(|s| (s.plan.clone(), Some(fe::query_text(&s.parse_rest))))
-                            }
-                        });
-                        match found {
-                            Some((plan, text)) => {
-                                let text = text.or(Some(self.unnamed_text()));
-                                self.text_shards(&plan, text.unwrap_or_default(), Some(rest))
-                            }
-                            None => Ok(Shards::Any),
-                        }
-                    }
+                    Ok((_, stmt, rest)) => match self.bound_statement(&parsed, stmt) {
+                        Some((plan, text)) => self.text_shards(&plan, text, Some(rest)),
+                        None => Ok(Shards::Any),
+                    },
                     Err(_) => Ok(Shards::Any),
                 },
-                fe::SYNC | fe::FLUSH => return UnitRoute::Go { shards, len: off },
+                fe::SYNC | fe::FLUSH => {
+                    return UnitRoute::Go {
+                        shards,
+                        len: off,
+                        query_plan: None,
+                    };
+                }
                 _ => Ok(Shards::Any),
             };
             match step {
@@ -197,6 +204,25 @@ impl Session {
                     return UnitRoute::Refused { error, len };
                 }
             }
+        }
+    }
+
+    /// The plan and text of the statement a Bind names: parsed earlier in its unit, or prepared
+    /// before (the unnamed one: by the client's last unnamed Parse).
+    pub(super) fn bound_statement<'a>(
+        &'a self,
+        parsed: &[Parsed<'a>],
+        stmt: &[u8],
+    ) -> Option<(Arc<Plan>, &'a [u8])> {
+        if let Some((_, plan, text)) = parsed.iter().rev().find(|(n, _, _)| *n == stmt) {
+            return Some((plan.clone(), text));
+        }
+        if stmt.is_empty() {
+            self.unnamed_plan.clone().map(|p| (p, self.unnamed_text()))
+        } else {
+            self.statements
+                .get(stmt)
+                .map(|s| (s.plan.clone(), fe::query_text(&s.parse_rest)))
         }
     }
 
@@ -259,6 +285,14 @@ impl Session {
             Err(RouteError::Unbound(_)) if bind.is_none() => Ok(Shards::Any),
             Err(e) => Err(SessionError::Route(e)),
         }
+    }
+
+    /// The shard for a request that may go anywhere: the session's pin, else the first.
+    pub(super) fn default_shard(&self) -> usize {
+        self.shard_pin
+            .as_ref()
+            .and_then(|h| h.shard_index(&self.worker.shared.config, None).ok())
+            .unwrap_or(0)
     }
 
     /// Sets `SET shardgate.shard` / `shardgate.sharding_key` (None: reset), checked against the map.

@@ -1,6 +1,6 @@
 //! The whole routing decision in words, for `shardgate route` and `SHOW shardgate.route FOR`.
 
-use super::resolve::{RouteError, Shards, resolve};
+use super::resolve::{RouteError, Shards, shards_of};
 use super::{KeyValue, ShardScope, plan};
 use crate::config::Config;
 use crate::hash::ShardKey;
@@ -23,12 +23,12 @@ pub fn explain(sql: &str, config: &Config) -> String {
         );
     }
     let unbound = |n, _| Err(RouteError::Unbound(n));
-    match resolve(&p, config, &unbound) {
-        Err(e @ RouteError::Unbound(_)) | Err(e @ RouteError::BadKey(_)) => {
-            let _ = e;
-        }
-        Err(e) => return format!("refused (0A000): {e}"),
-        Ok(_) => {}
+    let shards = shards_of(std::slice::from_ref(&p), config, None, &unbound);
+    // A parameter key or a bad literal is explained below; anything else is a refusal.
+    if let Err(e) = &shards
+        && !matches!(e, RouteError::Unbound(_) | RouteError::BadKey(_))
+    {
+        return format!("refused (0A000): {e}");
     }
     let name = |i: usize| config.shards[i].name.clone();
     let all = config
@@ -70,7 +70,7 @@ pub fn explain(sql: &str, config: &Config) -> String {
             format!("{}.{} = {}", t.name, t.shard_key, parts.join(", "))
         }
     };
-    let shards = match resolve(&p, config, &unbound) {
+    let shards = match shards {
         Ok(Shards::Set(set)) => set.iter().map(name).collect::<Vec<_>>().join(","),
         Ok(Shards::All) => all,
         Ok(Shards::Any) => "any one".into(),

@@ -35,7 +35,7 @@ pub use explain::explain;
 pub use find::{plan, plan_statement};
 pub use literals::{literals, rebind};
 pub use resolve::{
-    MAX_SHARDS, RouteError, ShardSet, Shards, key_shards, needs_literals, resolve, shards_of,
+    MAX_SHARDS, RouteError, ShardSet, Shards, key_shards, needs_literals, shards_of,
 };
 pub use split::{split_insert, values_rows};
 

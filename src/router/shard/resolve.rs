@@ -158,35 +158,55 @@ fn resolve_one(
         ShardScope::Unsharded | ShardScope::AllShards { .. } | ShardScope::Unparsed => {
             Ok(Shards::All)
         }
-        ShardScope::Keys { table, keys } => {
-            let Some(t) = config.table(table) else {
-                return Ok(Shards::All);
-            };
-            let mut set = ShardSet::default();
-            for k in keys {
-                let key = match k {
-                    KeyValue::Literal {
-                        text,
-                        index,
-                        negative,
-                    } => {
-                        let value = literals.and_then(|l| l.get(*index)).unwrap_or(text);
-                        let value = if *negative {
-                            format!("-{value}")
-                        } else {
-                            value.clone()
-                        };
-                        ShardKey::from_text(t.key_type, &value).map_err(|e| {
-                            RouteError::BadKey(format!("{}.{}: {e}", t.name, t.shard_key))
-                        })?
-                    }
-                    KeyValue::Param(n) => param(*n, t.key_type)?,
-                };
-                set.insert(config.shard_index_for_hash(key.hash()));
+        ShardScope::Keys { table, .. } => match config.table(table) {
+            Some(_) => {
+                let mut set = ShardSet::default();
+                for shard in each_key_shard(plan, config, literals, param)? {
+                    set.insert(shard);
+                }
+                Ok(Shards::Set(set))
             }
-            Ok(Shards::Set(set))
-        }
+            None => Ok(Shards::All),
+        },
     }
+}
+
+/// The shard of each key of a `Keys` plan, in order; `literals` and `param` as for [`shards_of`].
+fn each_key_shard(
+    plan: &ShardPlan,
+    config: &Config,
+    literals: Option<&[String]>,
+    param: &dyn Fn(usize, KeyType) -> Result<ShardKey, RouteError>,
+) -> Result<Vec<usize>, RouteError> {
+    let ShardScope::Keys { table, keys } = &plan.scope else {
+        return Ok(Vec::new());
+    };
+    let Some(t) = config.table(table) else {
+        return Ok(Vec::new());
+    };
+    keys.iter()
+        .map(|k| {
+            let key = match k {
+                KeyValue::Literal {
+                    text,
+                    index,
+                    negative,
+                } => {
+                    let value = literals.and_then(|l| l.get(*index)).unwrap_or(text);
+                    let value = if *negative {
+                        format!("-{value}")
+                    } else {
+                        value.clone()
+                    };
+                    ShardKey::from_text(t.key_type, &value).map_err(|e| {
+                        RouteError::BadKey(format!("{}.{}: {e}", t.name, t.shard_key))
+                    })?
+                }
+                KeyValue::Param(n) => param(*n, t.key_type)?,
+            };
+            Ok(config.shard_index_for_hash(key.hash()))
+        })
+        .collect()
 }
 
 fn table_key(plan: &ShardPlan, config: &Config) -> (String, String) {
@@ -201,44 +221,17 @@ fn table_key(plan: &ShardPlan, config: &Config) -> (String, String) {
     (table, key)
 }
 
-/// The shard of each key of a `Keys` plan, in order (for an INSERT: of each VALUES row).
+/// The shard of each key of a `Keys` plan whose keys are all literals, in order (for an INSERT:
+/// of each VALUES row). None when a key is a parameter or not a valid key.
 pub fn key_shards(
     plan: &ShardPlan,
     config: &Config,
     literals: Option<&[String]>,
 ) -> Option<Vec<usize>> {
-    let ShardScope::Keys { table, keys } = &plan.scope else {
+    if !matches!(plan.scope, ShardScope::Keys { .. }) {
         return None;
-    };
-    let t = config.table(table)?;
-    keys.iter()
-        .map(|k| match k {
-            KeyValue::Literal {
-                text,
-                index,
-                negative,
-            } => {
-                let value = literals.and_then(|l| l.get(*index)).unwrap_or(text);
-                let value = if *negative {
-                    format!("-{value}")
-                } else {
-                    value.clone()
-                };
-                let key = ShardKey::from_text(t.key_type, &value).ok()?;
-                Some(config.shard_index_for_hash(key.hash()))
-            }
-            KeyValue::Param(_) => None,
-        })
-        .collect()
-}
-
-/// One plan's shards, with literal values as planned and parameters unknown (`shardgate route`).
-pub fn resolve(
-    plan: &ShardPlan,
-    config: &Config,
-    param: &dyn Fn(usize, KeyType) -> Result<ShardKey, RouteError>,
-) -> Result<Shards, RouteError> {
-    resolve_one(plan, config, None, param)
+    }
+    each_key_shard(plan, config, literals, &|n, _| Err(RouteError::Unbound(n))).ok()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! its key hashes to, all in one transaction per shard committed together (two-phase commit), or
 //! in the client's own transaction block.
 
+use super::merge::write_frame;
 use super::*;
 use crate::hash::{KeyType, ShardKey};
 use crate::router::shard::{CopyIn, Line, RowSplitter, ShardSet};
@@ -9,18 +10,52 @@ use crate::router::shard::{CopyIn, Line, RowSplitter, ShardSet};
 /// Flush a shard's rows once this much is waiting.
 const COPY_FLUSH: usize = 256 * 1024;
 
-pub(super) struct CopySplit {
+pub(in crate::frontend::session) struct CopySplit {
     splitter: RowSplitter,
-    key_type: KeyType,
+    placer: Placer,
     /// The shards started the COPY in a transaction of shardgate's own.
     wrap: bool,
-    /// Rows for each shard from the current chunk.
-    out: Vec<BytesMut>,
-    /// A row that cannot be placed: the COPY fails with this.
-    bad: Option<String>,
     /// Started by the extended protocol: the client's own Sync, after CopyDone, gets the
     /// ReadyForQuery.
     extended: bool,
+}
+
+/// Where each line of COPY data goes.
+struct Placer {
+    key_type: KeyType,
+    /// Each shard's index in `Multi::parts` (fixed while the COPY runs).
+    part_of_shard: Vec<usize>,
+    /// Lines for each part, from the current chunk.
+    out: Vec<BytesMut>,
+    /// A row that cannot be placed: the COPY fails with this.
+    bad: Option<String>,
+}
+
+impl Placer {
+    fn place(&mut self, line: Line<'_>, config: &crate::config::Config) {
+        match line {
+            Line::Every(bytes) => {
+                for o in &mut self.out {
+                    o.extend_from_slice(bytes);
+                }
+            }
+            Line::Row { key, bytes } => {
+                let placed = key
+                    .ok_or_else(|| "a row's shard key is NULL or missing".to_string())
+                    .and_then(|k| ShardKey::from_text(self.key_type, &k).map_err(|e| e.to_string()))
+                    .map(|k| config.shard_index_for_hash(k.hash()));
+                match placed {
+                    Ok(shard) => self.out[self.part_of_shard[shard]].extend_from_slice(bytes),
+                    Err(e) => {
+                        self.bad.get_or_insert(format!(
+                            "{e}: {}",
+                            String::from_utf8_lossy(bytes).trim_end()
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Session {
@@ -41,14 +76,14 @@ impl Session {
             );
             return self.copy_refused(&e).await;
         }
-        let explicit = self.multi.as_ref().is_some_and(|m| m.is_explicit());
+        let explicit = self.multi.as_ref().is_some_and(|m| m.explicit);
         let begin = if explicit {
-            self.multi.as_ref().map(|m| m.begin_text().to_string())
+            self.multi.as_ref().map(|m| m.begin_sql.clone())
         } else {
             Some("BEGIN".to_string())
         };
         if let Err(e) = self
-            .ensure_parts_pub(ShardSet::all(n), begin.as_deref())
+            .ensure_parts(ShardSet::all(n), route::Want::Primary, begin.as_deref())
             .await
         {
             return self.copy_refused(&e).await;
@@ -59,7 +94,7 @@ impl Session {
                 c.table.replace('\'', "''")
             );
             let m = self.multi.as_mut().expect("parts exist");
-            match m.first_conn().run_internal(&sql).await {
+            match m.parts[0].conn.run_internal(&sql).await {
                 Ok(r) if r.error.is_none() => r
                     .rows
                     .into_iter()
@@ -99,13 +134,20 @@ impl Session {
                 return self.copy_refused(&e).await;
             }
         }
-        let parts = self.multi.as_ref().map_or(0, |m| m.len());
+        let m = self.multi.as_ref().expect("parts exist");
+        let mut part_of_shard = vec![0; n];
+        for (i, p) in m.parts.iter().enumerate() {
+            part_of_shard[p.shard] = i;
+        }
         self.copy_split = Some(Box::new(CopySplit {
             splitter: RowSplitter::new(&c, key),
-            key_type: table.key_type,
+            placer: Placer {
+                key_type: table.key_type,
+                part_of_shard,
+                out: vec![BytesMut::new(); m.parts.len()],
+                bad: None,
+            },
             wrap: !explicit,
-            out: vec![BytesMut::new(); parts],
-            bad: None,
             extended: frames.is_some(),
         }));
         Ok(Flow::Continue)
@@ -114,11 +156,11 @@ impl Session {
     /// The COPY could not start: the error, the transaction rolled back (or failed), ReadyForQuery.
     async fn copy_refused(&mut self, e: &SessionError) -> Step {
         e.write_to(&mut self.cout);
-        let explicit = self.multi.as_ref().is_some_and(|m| m.is_explicit());
+        let explicit = self.multi.as_ref().is_some_and(|m| m.explicit);
         if explicit {
-            self.mark_multi_failed();
+            self.fail_multi();
         } else {
-            self.rollback_all().await;
+            self.rollback_parts().await;
         }
         let status = self.client_tx_status();
         be::write_ready_for_query(&mut self.cout, status);
@@ -140,7 +182,8 @@ impl Session {
         };
         let mut total = 0;
         let mut error: Option<SessionError> = None;
-        for conn in m.parts_mut() {
+        for part in &mut m.parts {
+            let conn = &mut part.conn;
             if conn.tx_status == be::TX_FAILED {
                 continue;
             }
@@ -159,36 +202,24 @@ impl Session {
             if extended {
                 fe::write_sync(&mut conn.wbuf);
             }
-            let lost = |conn: &crate::backend::BackendConn, e: crate::errors::BackendError| {
-                SessionError::BackendLost {
-                    server: conn.addr,
-                    reason: e.to_string(),
-                }
-            };
             if let Err(e) = conn.send().await {
-                error.get_or_insert(lost(conn, e));
+                error.get_or_insert(SessionError::lost(conn.addr, e));
                 continue;
             }
-            loop {
-                match conn.read_frame("COPY end").await {
-                    Ok((be::COMMAND_COMPLETE, body)) => {
-                        total += be::command_count(&body).unwrap_or(0)
+            let read = conn
+                .read_answer("COPY end", |tag, body| {
+                    match tag {
+                        be::COMMAND_COMPLETE => total += be::command_count(&body).unwrap_or(0),
+                        be::ERROR_RESPONSE if error.is_none() => {
+                            error = Some(SessionError::Server(crate::errors::ServerError { body }));
+                        }
+                        _ => {}
                     }
-                    Ok((be::ERROR_RESPONSE, body)) => {
-                        error.get_or_insert(SessionError::Server(crate::errors::ServerError {
-                            body,
-                        }));
-                    }
-                    Ok((be::READY_FOR_QUERY, body)) => {
-                        conn.tx_status = body.first().copied().unwrap_or(be::TX_IDLE);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        error.get_or_insert(lost(conn, e));
-                        break;
-                    }
-                }
+                    false
+                })
+                .await;
+            if let Err(e) = read {
+                error.get_or_insert(SessionError::lost(conn.addr, e));
             }
         }
         match error {
@@ -198,81 +229,37 @@ impl Session {
     }
 
     /// A client message while a split COPY runs.
-    pub(super) async fn on_copy_split_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+    pub(in crate::frontend::session) async fn on_copy_split_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+    ) -> Step {
         match tag {
             fe::COPY_DATA => {
                 let mut split = self.copy_split.take().expect("a split COPY");
-                let shards: Vec<usize> = self.multi.as_ref().map_or(Vec::new(), |m| m.shards());
                 let config = self.worker.shared.config.clone();
                 let CopySplit {
-                    splitter,
-                    key_type,
-                    out,
-                    bad,
-                    ..
+                    splitter, placer, ..
                 } = &mut *split;
-                splitter.feed(&frame[5..], &mut |line| match line {
-                    Line::Every(bytes) => {
-                        for o in out.iter_mut() {
-                            o.extend_from_slice(bytes);
-                        }
-                    }
-                    Line::Row { key, bytes } => {
-                        let placed = key
-                            .ok_or_else(|| "a row's shard key is NULL or missing".to_string())
-                            .and_then(|k| {
-                                ShardKey::from_text(*key_type, &k).map_err(|e| e.to_string())
-                            })
-                            .map(|k| config.shard_index_for_hash(k.hash()));
-                        match placed {
-                            Ok(shard) => {
-                                if let Some(i) = shards.iter().position(|s| *s == shard) {
-                                    out[i].extend_from_slice(bytes);
-                                }
-                            }
-                            Err(e) => {
-                                bad.get_or_insert(format!(
-                                    "{e}: {}",
-                                    String::from_utf8_lossy(bytes).trim_end()
-                                ));
-                            }
-                        }
-                    }
-                });
+                splitter.feed(&frame[5..], &mut |line| placer.place(line, &config));
                 let r = self.flush_copy_rows(&mut split, COPY_FLUSH).await;
                 self.copy_split = Some(split);
                 r
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
                 let mut split = self.copy_split.take().expect("a split COPY");
-                let key_type = split.key_type;
-                let CopySplit {
-                    splitter, out, bad, ..
-                } = &mut *split;
-                let shards: Vec<usize> = self.multi.as_ref().map_or(Vec::new(), |m| m.shards());
                 let config = self.worker.shared.config.clone();
-                splitter.finish(&mut |line| {
-                    if let Line::Row { key, bytes } = line {
-                        match key.and_then(|k| ShardKey::from_text(key_type, &k).ok()) {
-                            Some(k) => {
-                                let shard = config.shard_index_for_hash(k.hash());
-                                if let Some(i) = shards.iter().position(|s| *s == shard) {
-                                    out[i].extend_from_slice(bytes);
-                                }
-                            }
-                            None => {
-                                bad.get_or_insert("a row's shard key is NULL or missing".into());
-                            }
-                        }
-                    }
-                });
+                let CopySplit {
+                    splitter, placer, ..
+                } = &mut *split;
+                splitter.finish(&mut |line| placer.place(line, &config));
                 self.flush_copy_rows(&mut split, 0).await?;
                 let client_fail = (tag == fe::COPY_FAIL).then(|| {
                     String::from_utf8_lossy(fe::query_text(&frame[5..])).into_owned()
                 });
-                let fail = client_fail.clone().or_else(|| split.bad.clone());
+                let fail = client_fail.clone().or_else(|| split.placer.bad.clone());
                 let result = self.end_copy_on_parts(fail.as_deref(), split.extended).await;
-                let result = match (&split.bad, client_fail, result) {
+                let result = match (&split.placer.bad, client_fail, result) {
                     (Some(bad), None, _) => Err(SessionError::CrossShard(format!(
                         "COPY into a sharded table: {bad}; nothing was copied"
                     ))),
@@ -282,7 +269,7 @@ impl Session {
                 match result {
                     Ok(total) => {
                         if split.wrap
-                            && let Err(e) = self.commit_all().await
+                            && let Err(e) = self.commit_parts().await
                         {
                             e.write_to(&mut self.cout);
                         } else {
@@ -292,9 +279,9 @@ impl Session {
                     Err(e) => {
                         e.write_to(&mut self.cout);
                         if explicit {
-                            self.mark_multi_failed();
+                            self.fail_multi();
                         } else {
-                            self.rollback_all().await;
+                            self.rollback_parts().await;
                         }
                     }
                 }
@@ -323,7 +310,8 @@ impl Session {
         let Some(m) = self.multi.as_mut() else {
             return Ok(Flow::Continue);
         };
-        for (conn, rows) in m.parts_mut().zip(split.out.iter_mut()) {
+        for (part, rows) in m.parts.iter_mut().zip(split.placer.out.iter_mut()) {
+            let conn = &mut part.conn;
             if !rows.is_empty() {
                 conn.wbuf.extend_from_slice(&[fe::COPY_DATA]);
                 conn.wbuf
@@ -333,10 +321,77 @@ impl Session {
             }
             if conn.wbuf.len() > limit && conn.send().await.is_err() {
                 split
+                    .placer
                     .bad
                     .get_or_insert("a shard's connection was lost".into());
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Starts a COPY on every part: the statement as a simple query, or the client's extended
+    /// messages (`frames`, then a Sync). Returns what goes to the client before its data
+    /// (ParseComplete and BindComplete of the first shard, one CopyInResponse).
+    async fn start_copy_on_parts(
+        &mut self,
+        sql: &str,
+        frames: Option<&[u8]>,
+    ) -> Result<BytesMut, SessionError> {
+        let mut m = self.multi.take().expect("parts exist");
+        let mut out = BytesMut::new();
+        let mut error = None;
+        for (i, part) in m.parts.iter_mut().enumerate() {
+            let mut order = VecDeque::new();
+            match frames {
+                Some(f) => {
+                    if let Err(e) = self.write_group(part, f, &mut order) {
+                        error.get_or_insert(e);
+                        continue;
+                    }
+                    // No Sync: a server in COPY ignores it; one follows CopyDone.
+                    part.conn.wbuf.extend_from_slice(b"H\0\0\0\x04");
+                }
+                None => fe::write_query(&mut part.conn.wbuf, sql),
+            }
+            part.wrote = true;
+            let conn = &mut part.conn;
+            if let Err(e) = conn.send().await {
+                error.get_or_insert(SessionError::lost(conn.addr, e));
+                continue;
+            }
+            let first = i == 0;
+            let read = conn
+                .read_answer("COPY start", |tag, body| match tag {
+                    be::COPY_IN_RESPONSE => {
+                        if first {
+                            write_frame(&mut out, tag, &body);
+                        }
+                        true
+                    }
+                    be::PARSE_COMPLETE if order.pop_front() == Some(true) => false,
+                    be::PARSE_COMPLETE | be::BIND_COMPLETE => {
+                        if first {
+                            write_frame(&mut out, tag, &body);
+                        }
+                        false
+                    }
+                    be::ERROR_RESPONSE => {
+                        if error.is_none() {
+                            error = Some(SessionError::Server(crate::errors::ServerError { body }));
+                        }
+                        false
+                    }
+                    _ => false,
+                })
+                .await;
+            if let Err(e) = read {
+                error.get_or_insert(SessionError::lost(conn.addr, e));
+            }
+        }
+        self.multi = Some(m);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }
