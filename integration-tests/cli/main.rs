@@ -193,20 +193,22 @@ fn environment_overrides_a_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("proxy.pool_size"));
 }
 
-/// `shardgate demo` starts 2 shards × (primary + replica) and the proxy; psql gets through to a
-/// primary; SIGINT stops the proxy and every server.
-#[test]
-fn demo_runs_a_cluster_and_stops_it() {
-    let dir = tempfile::Builder::new()
-        .prefix("sg-demo-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let cluster_dir = dir.path().join("cluster");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut demo = Command::new(BIN)
+/// A running `shardgate demo`: its child process (SIGINT on drop), proxy port and shard map.
+struct Demo {
+    child: std::process::Child,
+    _stop: StopOnDrop,
+    port: u16,
+    banner: String,
+    ready: String,
+    cluster_dir: std::path::PathBuf,
+    map: String,
+}
+
+/// Starts `shardgate demo` with its data under `dir` and waits until it reports ready.
+fn start_demo(dir: &Path) -> Demo {
+    let cluster_dir = dir.join("cluster");
+    let port = free_port();
+    let mut child = Command::new(BIN)
         .args(["demo", "--dir"])
         .arg(&cluster_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -215,8 +217,8 @@ fn demo_runs_a_cluster_and_stops_it() {
         .spawn()
         .unwrap();
     // A failed assertion must not leave the demo and its servers running.
-    let _stop = StopOnDrop(demo.id());
-    let stdout = demo.stdout.take().unwrap();
+    let stop = StopOnDrop(child.id());
+    let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -234,16 +236,95 @@ fn demo_runs_a_cluster_and_stops_it() {
             }
             Ok(line) => banner.push_str(&(line + "\n")),
             Err(_) => {
-                if let Ok(Some(status)) = demo.try_wait() {
+                if let Ok(Some(status)) = child.try_wait() {
                     panic!("demo exited early ({status}): {banner}");
                 }
             }
         }
     }
-    let ready = ready.unwrap_or_else(|| {
-        let _ = demo.kill();
-        panic!("demo did not get ready: {banner}")
-    });
+    let ready = ready.unwrap_or_else(|| panic!("demo did not get ready: {banner}"));
+    let map = std::fs::read_to_string(cluster_dir.join("shard-map.toml")).unwrap();
+    Demo {
+        child,
+        _stop: stop,
+        port,
+        banner,
+        ready,
+        cluster_dir,
+        map,
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls `cond` every 50 ms until it holds (true) or `limit` passes (false).
+fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// `psql -XAt` against `url` with `sql` on stdin: (success, stdout, stderr).
+fn psql(url: &str, sql: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// `shardgate demo` starts 2 shards × (primary + replica) and the proxy; psql gets through to a
+/// primary; SIGINT stops the proxy and every server.
+#[test]
+fn demo_runs_a_cluster_and_stops_it() {
+    let dir = tempfile::Builder::new()
+        .prefix("sg-demo-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let Demo {
+        child: mut demo,
+        _stop,
+        port,
+        banner,
+        ready,
+        cluster_dir,
+        map,
+    } = start_demo(dir.path());
     assert!(
         banner.contains(&format!(
             "psql \"postgres://app:secret@127.0.0.1:{port}/app\""
@@ -254,7 +335,6 @@ fn demo_runs_a_cluster_and_stops_it() {
         ready.contains(&format!("listen=127.0.0.1:{port}")),
         "{ready}"
     );
-    let map = std::fs::read_to_string(cluster_dir.join("shard-map.toml")).unwrap();
     assert_eq!(map.matches("[[shards]]").count(), 2, "{map}");
 
     // A read is answered by a replica, a statement marked for the primary by the primary.
@@ -299,29 +379,21 @@ fn demo_runs_a_cluster_and_stops_it() {
     assert_eq!(pids.len(), 4, "2 primaries and 2 replicas");
 
     unsafe_free_sigint(demo.id());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = demo.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    assert!(
+        poll_until(Duration::from_secs(60), || {
+            status = demo.try_wait().unwrap();
+            status.is_some()
+        }),
+        "demo did not stop after SIGINT"
+    );
+    let status = status.expect("polled");
     assert!(status.success(), "{status}");
-    let deadline = Instant::now() + Duration::from_secs(10);
     for pid in pids {
-        // Gone, or a zombie waiting for its reaper: either way no longer running.
-        let running = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-            })
-        };
-        while running() {
-            assert!(Instant::now() < deadline, "postmaster {pid} still runs");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            poll_until(Duration::from_secs(10), || !running(pid as u32)),
+            "postmaster {pid} still runs"
+        );
     }
 }
 
@@ -331,23 +403,13 @@ struct StopOnDrop(u32);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-            })
-        };
-        if !alive() {
+        if !running(self.0) {
             return;
         }
         let _ = Command::new("kill")
             .args(["-INT", &self.0.to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(Duration::from_secs(60), || !running(self.0));
     }
 }
 
@@ -359,4 +421,129 @@ fn unsafe_free_sigint(pid: u32) {
         .unwrap()
         .success();
     assert!(ok, "kill -INT {pid}");
+}
+
+/// Two-phase commit survives a crash of shardgate itself. A transaction writes on both shards of a
+/// demo cluster; shardgate dies (a fail point aborts the process) after every shard prepared —
+/// once after the commit decision was made durable, once before. Both shards then hold the
+/// transaction prepared, in doubt. Restarted, shardgate resolves it from its decision log: committed
+/// on both shards in the first case, rolled back on both in the second. Nothing half-applied.
+#[test]
+fn a_crash_between_prepare_and_commit_prepared_is_resolved_on_restart() {
+    let dir = tempfile::Builder::new()
+        .prefix("sg-2pc-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let demo = start_demo(dir.path());
+    let primaries: Vec<String> = demo
+        .map
+        .lines()
+        .filter_map(|l| l.strip_prefix("primary = \""))
+        .map(|rest| format!("postgres://app:secret@{}/app", rest.trim_end_matches('"')))
+        .collect();
+    assert_eq!(primaries.len(), 2, "{}", demo.map);
+    for url in &primaries {
+        let (ok, _, err) = psql(url, "CREATE TABLE users (id bigint PRIMARY KEY);");
+        assert!(ok, "{err}");
+    }
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = free_port();
+    let map = format!(
+        "{}\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\n",
+        demo.map
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"", demo.port),
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replacen(
+                "[proxy]",
+                &format!("[proxy]\nstate_dir = \"{}\"", state.display()),
+                1
+            )
+    );
+    let map_path = dir.path().join("map.toml");
+    std::fs::write(&map_path, &map).unwrap();
+    let proxy_url = format!("postgres://app:secret@127.0.0.1:{port}/app");
+    let start_proxy = |failpoint: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(&map_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(f) = failpoint {
+            cmd.env("SHARDGATE_FAILPOINT", f);
+        }
+        let child = cmd.spawn().unwrap();
+        assert!(
+            poll_until(Duration::from_secs(20), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "shardgate did not start listening"
+        );
+        child
+    };
+    let count = |url: &str, sql: &str| -> i64 {
+        let (ok, out, err) = psql(url, sql);
+        assert!(ok, "{sql}: {err}");
+        out.parse().unwrap()
+    };
+    // Keys 1 and 5 hash to s0, 2 and 3 to s1 (`shardgate hash`; the demo splits the space in two).
+    for (point, keys, committed) in [
+        ("after_decision", (1, 2), 1),
+        ("before_decision", (5, 3), 0),
+    ] {
+        let mut proxy = start_proxy(Some(point));
+        let _stop = StopOnDrop(proxy.id());
+        let (ok, _, err) = psql(
+            &proxy_url,
+            &format!(
+                "BEGIN;\nINSERT INTO users (id) VALUES ({});\nINSERT INTO users (id) VALUES ({});\nCOMMIT;\n",
+                keys.0, keys.1
+            ),
+        );
+        assert!(!ok, "{point}: the COMMIT must not be acknowledged: {err}");
+        let mut exit = None;
+        assert!(
+            poll_until(Duration::from_secs(10), || {
+                exit = proxy.try_wait().unwrap();
+                exit.is_some()
+            }),
+            "{point}: shardgate did not die at its fail point"
+        );
+        assert!(!exit.expect("polled").success(), "{point}: aborted");
+        // In doubt on both shards: prepared, its row not visible yet.
+        for (url, key) in primaries.iter().zip([keys.0, keys.1]) {
+            assert_eq!(
+                count(url, "SELECT count(*) FROM pg_prepared_xacts"),
+                1,
+                "{point}"
+            );
+            let sql = format!("SELECT count(*) FROM users WHERE id = {key}");
+            assert_eq!(count(url, &sql), 0, "{point}");
+        }
+        // Restarted, shardgate resolves them from its decision log.
+        let mut proxy = start_proxy(None);
+        let _stop = StopOnDrop(proxy.id());
+        for url in &primaries {
+            assert!(
+                poll_until(Duration::from_secs(20), || {
+                    count(url, "SELECT count(*) FROM pg_prepared_xacts") == 0
+                }),
+                "{point}: the in-doubt transaction was not resolved"
+            );
+        }
+        for (shard, (url, key)) in primaries.iter().zip([keys.0, keys.1]).enumerate() {
+            let sql = format!("SELECT count(*) FROM users WHERE id = {key}");
+            assert_eq!(count(url, &sql), committed, "{point}: shard s{shard}");
+            // And the restarted proxy finds it on its shard.
+            assert_eq!(
+                count(&proxy_url, &sql),
+                committed,
+                "{point}: through shardgate"
+            );
+        }
+        proxy.kill().unwrap();
+        proxy.wait().unwrap();
+    }
 }

@@ -13,7 +13,10 @@ mod protocol_errors;
 mod rawclient;
 mod replica_health;
 mod routing;
-mod sharding;
+mod sharded;
+mod sharding_atomicity;
+mod sharding_placement;
+mod sharding_routing;
 mod smoke;
 mod twophase;
 mod wire;
@@ -43,7 +46,9 @@ const MODULES: &[&[Test]] = &[
     balancing::TESTS,
     replica_health::TESTS,
     twophase::TESTS,
-    sharding::TESTS,
+    sharding_placement::TESTS,
+    sharding_routing::TESTS,
+    sharding_atomicity::TESTS,
 ];
 
 fn main() {
