@@ -449,18 +449,26 @@ fn a_crash_between_prepare_and_commit_prepared_is_resolved_on_restart() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let port = free_port();
-    let map = format!(
-        "{}\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\n",
-        demo.map
-            .replace(
-                &format!("listen = \"127.0.0.1:{}\"", demo.port),
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replacen(
-                "[proxy]",
-                &format!("[proxy]\nstate_dir = \"{}\"", state.display()),
-                1
-            )
+    // The demo's map (it has `users` sharded by id) with another port and decision log.
+    let map = demo
+        .map
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", demo.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .lines()
+        .map(|l| {
+            if l.starts_with("state_dir = ") {
+                format!("state_dir = {:?}", state.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        map.contains("state_dir = ") && map.contains("name = \"users\""),
+        "{map}"
     );
     let map_path = dir.path().join("map.toml");
     std::fs::write(&map_path, &map).unwrap();
