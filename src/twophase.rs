@@ -7,8 +7,11 @@
 //! `pg_prepared_xacts`: a transaction of this log with a commit record is committed, any other is
 //! rolled back. So a transaction is committed on every shard or on none, whenever the proxy dies.
 //!
-//! Transaction ids are `shardgate_<log id>_<n>`: the log id is random, written at the top of the
-//! log, so a proxy resolves only its own transactions, never another proxy's in flight.
+//! Transaction ids are `shardgate_<log id>_<run>_<n>`: the log id is random, written at the top of
+//! the log, so a proxy resolves only its own transactions, never another proxy's in flight; the run
+//! is random per start of the proxy, so recovery (which runs while the proxy already serves
+//! clients) resolves only what earlier runs left, never a transaction of this run between its
+//! PREPARE and its decision.
 //!
 //! Owns: the log file and recovery. Driving PREPARE/COMMIT PREPARED on client connections is the
 //! session's job (`Coordinator` gives it ids and records decisions).
@@ -45,6 +48,8 @@ const HEADER: &str = "shardgate decision log v1 id=";
 pub struct DecisionLog {
     path: PathBuf,
     id: String,
+    /// This run's part of the transaction ids.
+    run: String,
     file: Mutex<File>,
     next: AtomicU64,
     committed: Mutex<HashSet<String>>,
@@ -98,6 +103,7 @@ impl DecisionLog {
         Ok(DecisionLog {
             path: path.to_path_buf(),
             id,
+            run: format!("{:08x}", rand::random::<u32>()),
             file: Mutex::new(file),
             // Ids go on after the ones already used, so a restarted proxy never reuses one.
             next: AtomicU64::new(count + u64::from(rand::random::<u32>())),
@@ -113,10 +119,20 @@ impl DecisionLog {
     /// A new transaction id, unique to this log.
     pub fn new_gid(&self) -> String {
         format!(
-            "shardgate_{}_{}",
+            "shardgate_{}_{}_{}",
             self.id,
+            self.run,
             self.next.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// Whether `gid` belongs to this run of the proxy (it may be in flight right now).
+    pub fn is_this_run(&self, gid: &str) -> bool {
+        gid.strip_prefix("shardgate_")
+            .and_then(|rest| rest.strip_prefix(self.id.as_str()))
+            .and_then(|rest| rest.strip_prefix('_'))
+            .and_then(|rest| rest.strip_prefix(self.run.as_str()))
+            .is_some_and(|rest| rest.starts_with('_'))
     }
 
     /// Whether `gid` was handed out by this log.
@@ -201,7 +217,7 @@ pub async fn recover(
     let mut done = Recovered::default();
     for row in rows {
         let gid: String = row.get(0);
-        if !log.owns(&gid) {
+        if !log.owns(&gid) || log.is_this_run(&gid) {
             continue;
         }
         let quoted = gid.replace('\'', "''");
@@ -235,6 +251,7 @@ mod tests {
         let b = log.new_gid();
         assert_ne!(a, b);
         assert!(log.owns(&a) && !log.owns("shardgate_other_1") && !log.owns("x"));
+        assert!(log.is_this_run(&a), "{a}");
         log.record_commit(&a).unwrap();
         let id = log.id().to_string();
         drop(log);
@@ -247,6 +264,10 @@ mod tests {
             .unwrap();
         let log = DecisionLog::open(&path).unwrap();
         assert_eq!(log.id(), id);
+        assert!(
+            log.owns(&a) && !log.is_this_run(&a),
+            "a new run: {a} is an earlier run's"
+        );
         assert!(log.is_committed(&a));
         assert!(!log.is_committed(&b));
         let c = log.new_gid();
