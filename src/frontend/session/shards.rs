@@ -1,4 +1,4 @@
-//! Which shard a request goes to. With more than one shard (or any `[[tables]]`), each unit of
+//! Which shard a request goes to. With more than one shard, each unit of
 //! client messages (a simple Query, or the extended-protocol messages up to Sync or Flush) is
 //! routed as a whole before its first message is handled: the shard plans of its statements
 //! (`router::shard`), with literal keys from the text and `$n` keys from the Bind, give the shards.

@@ -147,7 +147,8 @@ impl ClassifyOptions {
                 .iter()
                 .map(|f| f.trim().to_ascii_lowercase())
                 .collect(),
-            sharding: config.shards.len() > 1 || !config.tables.is_empty(),
+            // One shard holds every row: nothing to route by key.
+            sharding: config.shards.len() > 1,
             tables: config.tables.clone(),
         }
     }
@@ -215,6 +216,15 @@ fn unparsed_shard_plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
         scope: ShardScope::Unparsed,
         ..ShardPlan::unsharded(true)
     };
+    // COPY ... FROM STDIN into a sharded table is split by key, whatever options sqlparser refuses.
+    if let Some(c) = shard::copy_in(sql)
+        && let Some(t) = tables.iter().find(|t| t.name.eq_ignore_ascii_case(&c.table))
+    {
+        p.scope = ShardScope::AllShards {
+            table: t.name.clone(),
+        };
+        return p;
+    }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
         return p;
     };

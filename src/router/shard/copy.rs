@@ -7,9 +7,7 @@
 //! every shard (each server skips it). `\.` alone on a line ends the data and goes to every shard.
 //! Binary COPY is not split (refused by the caller).
 
-use sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use crate::router::lex::{Kind, Lexer};
 
 /// A COPY FROM STDIN statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,67 +22,142 @@ pub struct CopyIn {
     pub quote: u8,
 }
 
-/// The COPY FROM STDIN in `sql`, if that is what it is.
+/// The COPY FROM STDIN in `sql`, if that is what it is: `COPY [schema.]table [(columns)] FROM
+/// STDIN [[WITH] (option [value], ...)]` or the old `[WITH] BINARY | CSV [HEADER] | DELIMITER
+/// [AS] 'c' | QUOTE [AS] 'c' ...` forms. Read with the lexer rather than sqlparser, which refuses
+/// some options Postgres takes (`FREEZE ON`, which pgbench sends).
 pub fn copy_in(sql: &str) -> Option<CopyIn> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [
-        Statement::Copy {
-            source:
-                CopySource::Table {
-                    table_name,
-                    columns,
-                },
-            to: false,
-            target: CopyTarget::Stdin,
-            options,
-            legacy_options,
-            ..
-        },
-    ] = &statements[..]
-    else {
-        return None;
+    let src = sql.as_bytes();
+    let toks: Vec<_> = Lexer::new(src)
+        .filter(|t| !t.is_blank() && t.kind != Kind::Semicolon)
+        .collect();
+    let text = |i: usize| toks.get(i).map(|t| &sql[t.start..t.end]);
+    let word = |i: usize, w: &str| {
+        toks.get(i)
+            .is_some_and(|t| t.kind == Kind::Ident && sql[t.start..t.end].eq_ignore_ascii_case(w))
     };
+    let punct = |i: usize, p: &str| toks.get(i).is_some_and(|t| t.kind == Kind::Punct && &sql[t.start..t.end] == p);
+    let ident = |i: usize| -> Option<String> {
+        let t = toks.get(i)?;
+        let raw = &sql[t.start..t.end];
+        match t.kind {
+            Kind::Ident => Some(raw.to_lowercase()),
+            Kind::QuotedIdent => Some(raw[1..raw.len() - 1].replace("\"\"", "\"")),
+            _ => None,
+        }
+    };
+    let char_of = |i: usize| -> Option<u8> {
+        let t = toks.get(i)?;
+        match t.kind {
+            Kind::Str { .. } => src.get(t.end - 2).copied().filter(|_| t.end - t.start == 3),
+            _ => None,
+        }
+    };
+    if !word(0, "copy") {
+        return None;
+    }
+    let mut i = 1;
+    let mut table = ident(i)?;
+    i += 1;
+    while punct(i, ".") {
+        table = ident(i + 1)?;
+        i += 2;
+    }
+    let mut columns = Vec::new();
+    if punct(i, "(") {
+        i += 1;
+        loop {
+            columns.push(ident(i)?);
+            i += 1;
+            if punct(i, ",") {
+                i += 1;
+            } else if punct(i, ")") {
+                i += 1;
+                break;
+            } else {
+                return None;
+            }
+        }
+    }
+    if !(word(i, "from") && word(i + 1, "stdin")) {
+        return None;
+    }
+    i += 2;
     let mut c = CopyIn {
-        table: table_name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(|i| i.value.clone())
-            .unwrap_or_default(),
-        columns: columns.iter().map(|i| i.value.to_lowercase()).collect(),
+        table,
+        columns,
         csv: false,
         binary: false,
         header: false,
         delimiter: b'\t',
         quote: b'"',
     };
-    for o in options {
-        match o {
-            CopyOption::Format(f) => {
-                c.csv = f.value.eq_ignore_ascii_case("csv");
-                c.binary = f.value.eq_ignore_ascii_case("binary");
+    let mut delimiter = None;
+    if word(i, "with") {
+        i += 1;
+    }
+    let truthy = |v: Option<&str>| {
+        v.is_none_or(|v| {
+            matches!(
+                v.trim_matches('\'').to_ascii_lowercase().as_str(),
+                "true" | "on" | "1" | "match"
+            )
+        })
+    };
+    if punct(i, "(") {
+        // (option [value], ...)
+        i += 1;
+        while !punct(i, ")") {
+            let name = text(i)?.to_ascii_lowercase();
+            i += 1;
+            let value = if punct(i, ",") || punct(i, ")") {
+                None
+            } else {
+                i += 1;
+                Some(i - 1)
+            };
+            match name.as_str() {
+                "format" => {
+                    let f = text(value?)?.trim_matches('\'').to_ascii_lowercase();
+                    c.csv = f == "csv";
+                    c.binary = f == "binary";
+                }
+                "header" => c.header = truthy(value.and_then(text)),
+                "delimiter" => delimiter = Some(char_of(value?)?),
+                "quote" => c.quote = char_of(value?)?,
+                _ => {}
             }
-            CopyOption::Header(h) => c.header = *h,
-            CopyOption::Delimiter(d) => c.delimiter = *d as u8,
-            CopyOption::Quote(q) => c.quote = *q as u8,
-            _ => {}
+            if punct(i, ",") {
+                i += 1;
+            }
+            toks.get(i)?;
+        }
+    } else {
+        // The pre-9.0 forms.
+        while i < toks.len() {
+            if word(i, "binary") {
+                c.binary = true;
+            } else if word(i, "csv") {
+                c.csv = true;
+            } else if word(i, "header") {
+                c.header = true;
+            } else if word(i, "delimiter") || word(i, "quote") {
+                let is_delim = word(i, "delimiter");
+                if word(i + 1, "as") {
+                    i += 1;
+                }
+                let ch = char_of(i + 1)?;
+                if is_delim {
+                    delimiter = Some(ch);
+                } else {
+                    c.quote = ch;
+                }
+                i += 1;
+            }
+            i += 1;
         }
     }
-    for o in legacy_options {
-        match o {
-            CopyLegacyOption::Binary => c.binary = true,
-            CopyLegacyOption::Csv(_) => c.csv = true,
-            CopyLegacyOption::Delimiter(d) => c.delimiter = *d as u8,
-            _ => {}
-        }
-    }
-    if c.csv
-        && !options
-            .iter()
-            .any(|o| matches!(o, CopyOption::Delimiter(_)))
-    {
-        c.delimiter = b',';
-    }
+    c.delimiter = delimiter.unwrap_or(if c.csv { b',' } else { b'\t' });
     Some(c)
 }
 
@@ -284,6 +357,14 @@ mod tests {
         assert!(!t.csv && t.columns.is_empty() && t.delimiter == b'\t');
         assert!(copy_in("COPY users TO STDOUT").is_none());
         assert!(copy_in("COPY users FROM '/tmp/x'").is_none());
+        // What pgbench -i sends, which sqlparser refuses.
+        let p = copy_in("copy pgbench_accounts from stdin with (freeze on)").unwrap();
+        assert_eq!(p.table, "pgbench_accounts");
+        assert!(!p.csv && p.delimiter == b'\t');
+        let q = copy_in("COPY public.\"Users\" (a) FROM STDIN WITH CSV HEADER DELIMITER AS ';'").unwrap();
+        assert_eq!((q.table.as_str(), q.csv, q.header, q.delimiter), ("Users", true, true, b';'));
+        let b = copy_in("COPY t FROM STDIN (FORMAT binary)").unwrap();
+        assert!(b.binary);
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl Session {
             return;
         };
         for p in &mut m.parts {
+            let name = &self.worker.shared.config.shards[p.shard].name;
+            if p.settle(name).await.is_err() {
+                p.conn.broken = true;
+            }
             if p.conn.tx_status != be::TX_IDLE && p.conn.run_internal("ROLLBACK").await.is_err() {
                 p.conn.broken = true;
             }
@@ -72,6 +76,9 @@ impl Session {
 
     async fn commit_inner(&mut self, m: &mut Multi) -> Result<(), SessionError> {
         let lost = |p: &Part, e: crate::errors::BackendError| SessionError::lost(p.conn.addr, e);
+        for p in &mut m.parts {
+            p.settle(&self.worker.shared.config.shards[p.shard].name).await?;
+        }
         // Shards that only read commit first; their outcome changes nothing.
         for p in m.parts.iter_mut().filter(|p| !p.wrote) {
             if p.conn.tx_status != be::TX_IDLE {
@@ -107,22 +114,26 @@ impl Session {
         }
         let mut failure = None;
         let mut prepared = Vec::new();
+        // Every participant prepares at once; then the answers are read.
+        let mut sent = Vec::new();
         for &i in &writers {
+            match m.parts[i].conn.send().await {
+                Ok(()) => sent.push(i),
+                Err(e) => {
+                    failure.get_or_insert(e.to_string());
+                }
+            }
+        }
+        for &i in &sent {
             let p = &mut m.parts[i];
-            let sent = p.conn.send().await;
-            match sent {
-                Ok(()) => match read_to_ready(&mut p.conn).await {
-                    Ok(None) => prepared.push(i),
-                    Ok(Some(e)) => {
-                        failure.get_or_insert(format!(
-                            "shard {}: {e}",
-                            self.worker.shared.config.shards[p.shard].name
-                        ));
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e.to_string());
-                    }
-                },
+            match read_to_ready(&mut p.conn).await {
+                Ok(None) => prepared.push(i),
+                Ok(Some(e)) => {
+                    failure.get_or_insert(format!(
+                        "shard {}: {e}",
+                        self.worker.shared.config.shards[p.shard].name
+                    ));
+                }
                 Err(e) => {
                     failure.get_or_insert(e.to_string());
                 }
@@ -172,13 +183,26 @@ impl Session {
         let commit = format!("COMMIT PREPARED '{gid}'");
         for &i in &writers {
             let p = &mut m.parts[i];
-            match p.conn.run_internal(&commit).await {
-                Ok(r) if r.error.is_none() => {}
-                other => {
-                    // Decided: recovery commits it when shardgate starts again.
-                    p.conn.broken = true;
-                    warn!(gid = %gid, shard = %self.worker.shared.config.shards[p.shard].name, result = ?other.map(|r| r.error.map(|e| e.to_string())).map_err(|e| e.to_string()), "COMMIT PREPARED failed; the decision is logged and recovery will finish it");
+            fe::write_query(&mut p.conn.wbuf, &commit);
+            if p.conn.send().await.is_err() {
+                p.conn.broken = true;
+            }
+        }
+        for &i in &writers {
+            let p = &mut m.parts[i];
+            let result = if p.conn.broken {
+                Err("the connection was lost".to_string())
+            } else {
+                match read_to_ready(&mut p.conn).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(e)) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 }
+            };
+            if let Err(e) = result {
+                // Decided: the next start of shardgate commits it (recovery).
+                p.conn.broken = true;
+                warn!(gid = %gid, shard = %self.worker.shared.config.shards[p.shard].name, error = %e, "COMMIT PREPARED failed; the decision is logged and recovery at the next start will finish it");
             }
         }
         self.note_wal_positions(m, &writers).await;

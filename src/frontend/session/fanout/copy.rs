@@ -354,11 +354,12 @@ impl Session {
                 None => fe::write_query(&mut part.conn.wbuf, sql),
             }
             part.wrote = true;
-            let conn = &mut part.conn;
-            if let Err(e) = conn.send().await {
-                error.get_or_insert(SessionError::lost(conn.addr, e));
+            let name = &self.worker.shared.config.shards[part.shard].name;
+            if let Err(e) = part.settle(name).await {
+                error.get_or_insert(e);
                 continue;
             }
+            let conn = &mut part.conn;
             let first = i == 0;
             let read = conn
                 .read_answer("COPY start", |tag, body| match tag {

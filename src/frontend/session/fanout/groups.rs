@@ -193,6 +193,8 @@ impl Session {
                     .find(|(s, _)| *s == part.shard)
                     .expect("pushed above")
                     .1;
+                let name = &self.worker.shared.config.shards[part.shard].name;
+                part.settle(name).await?;
                 let mut answer = Vec::new();
                 let mut copy = false;
                 part.conn

@@ -42,6 +42,40 @@ pub(super) struct Part {
     wrote: bool,
     /// The connection has the client's current unnamed statement.
     has_unnamed: bool,
+    /// A BEGIN was queued on the connection; its answer is still to be read.
+    begin_pending: bool,
+}
+
+impl Part {
+    /// Sends what is queued and reads the answer of a queued BEGIN, if any: after this the next
+    /// answer on the connection is that of the part's request.
+    async fn settle(&mut self, shard_name: &str) -> Result<(), SessionError> {
+        if !self.conn.wbuf.is_empty() {
+            self.conn
+                .send()
+                .await
+                .map_err(|e| SessionError::lost(self.conn.addr, e))?;
+        }
+        if !std::mem::take(&mut self.begin_pending) {
+            return Ok(());
+        }
+        let mut error = None;
+        self.conn
+            .read_answer("BEGIN", |tag, body| {
+                if tag == be::ERROR_RESPONSE && error.is_none() {
+                    error = Some(crate::errors::ServerError { body });
+                }
+                false
+            })
+            .await
+            .map_err(|e| SessionError::lost(self.conn.addr, e))?;
+        match error {
+            Some(e) => Err(SessionError::CrossShard(format!(
+                "could not open the transaction on shard {shard_name}: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The connections of a transaction (or unit) over several shards.
@@ -97,6 +131,7 @@ impl Session {
             _busy: busy,
             wrote: self.tx_wrote,
             has_unnamed,
+            begin_pending: false,
         };
         let failed = part.conn.tx_status == be::TX_FAILED;
         self.multi = Some(Box::new(Multi {
@@ -269,7 +304,11 @@ impl Session {
             }
         }
         for mut p in m.parts {
-            if p.conn.tx_status != be::TX_IDLE || !p.conn.rbuf.is_empty() {
+            if p.conn.tx_status != be::TX_IDLE
+                || !p.conn.rbuf.is_empty()
+                || !p.conn.wbuf.is_empty()
+                || p.begin_pending
+            {
                 p.conn.broken = true;
             }
             if p.conn.broken || p.conn.prepared.len() > MAX_PREPARED_PER_CONN {
@@ -336,17 +375,10 @@ impl Session {
             }
             let server = self.pick_server_on(shard, want, None);
             let mut conn = self.checkout_conn(shard, server.addr).await?;
+            // The BEGIN goes out with the part's first request; its answer is read then (`settle`).
+            let begin_pending = begin.is_some();
             if let Some(sql) = begin {
-                let r = conn
-                    .run_internal(sql)
-                    .await
-                    .map_err(|e| SessionError::lost(server.addr, e))?;
-                if let Some(e) = r.error {
-                    return Err(SessionError::CrossShard(format!(
-                        "could not open the transaction on shard {}: {e}",
-                        self.worker.shared.config.shards[shard].name
-                    )));
-                }
+                fe::write_query(&mut conn.wbuf, sql);
             }
             let busy = server.enter();
             let m = self.multi.as_mut().expect("set");
@@ -356,6 +388,7 @@ impl Session {
                 _busy: busy,
                 wrote: false,
                 has_unnamed: false,
+                begin_pending,
             });
             m.parts.sort_by_key(|p| p.shard);
         }
