@@ -105,6 +105,76 @@ pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], rest: &[u8]) {
     out.put_slice(rest);
 }
 
+/// The rest of a Bind (after its names) keeping only parameters `keep` (1-based, in the new
+/// order): their format codes and values, the result formats as they were. None when malformed.
+pub fn bind_rest_subset(rest: &[u8], keep: &[usize]) -> Option<BytesMut> {
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]) as usize)
+    };
+    let nformats = u16_at(0)?;
+    let formats: Vec<&[u8]> = (0..nformats)
+        .map(|i| rest.get(2 + 2 * i..4 + 2 * i))
+        .collect::<Option<_>>()?;
+    let mut at = 2 + 2 * nformats;
+    let nparams = u16_at(at)?;
+    at += 2;
+    let mut params = Vec::with_capacity(nparams);
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        let end = at + 4 + usize::try_from(len).unwrap_or(0);
+        params.push(rest.get(at..end)?);
+        at = end;
+    }
+    let results = rest.get(at..)?;
+    let mut out = BytesMut::new();
+    match nformats {
+        0 | 1 => {
+            out.put_u16(nformats as u16);
+            for f in &formats {
+                out.put_slice(f);
+            }
+        }
+        _ => {
+            out.put_u16(keep.len() as u16);
+            for &k in keep {
+                out.put_slice(formats.get(k - 1)?);
+            }
+        }
+    }
+    out.put_u16(keep.len() as u16);
+    for &k in keep {
+        out.put_slice(params.get(k.checked_sub(1)?)?);
+    }
+    out.put_slice(results);
+    Some(out)
+}
+
+/// The rest of a Parse (`query\0`, parameter types) for `query` with the parameter types of the
+/// original rest `rest` kept for parameters `keep` (1-based; unspecified where it had none).
+pub fn parse_rest_subset(rest: &[u8], query: &str, keep: &[usize]) -> BytesMut {
+    let after = rest
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(&[][..], |i| &rest[i + 1..]);
+    let n = after
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let oid = |k: usize| -> u32 {
+        (k >= 1 && k <= n)
+            .then(|| after.get(2 + 4 * (k - 1)..6 + 4 * (k - 1)))
+            .flatten()
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut out = BytesMut::with_capacity(query.len() + 3 + 4 * keep.len());
+    out.put_slice(query.as_bytes());
+    out.put_u8(0);
+    out.put_u16(keep.len() as u16);
+    for &k in keep {
+        out.put_u32(oid(k));
+    }
+    out
+}
+
 /// Writes a Describe or Close of `kind` (`b'S'`/`b'P'`) for `name`.
 pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     frame(out, tag, 1 + name.len() + 1);
@@ -221,5 +291,14 @@ mod bind_tests {
         assert_eq!(super::bind_param(&rest, 3), None);
         let null = [0u8, 0, 0, 1, 255, 255, 255, 255, 0, 0];
         assert_eq!(super::bind_param(&null, 1), Some((false, None)));
+        // Keep parameter 2 only: its format code and value.
+        let sub = super::bind_rest_subset(&rest, &[2]).unwrap();
+        assert_eq!(
+            super::bind_param(&sub, 1),
+            Some((true, Some(&7i64.to_be_bytes()[..])))
+        );
+        assert_eq!(super::bind_param(&sub, 2), None);
+        let parse = super::parse_rest_subset(b"q\0\0\x02\0\0\0\x14\0\0\0\x19", "x", &[2, 3]);
+        assert_eq!(&parse[..], b"x\0\0\x02\0\0\0\x19\0\0\0\0");
     }
 }

@@ -11,6 +11,7 @@ use crate::rawclient::{Frames, RawClient, tags};
 use crate::sharded::{ids_by_shard, rows_landed, sharded, uuid_like};
 
 tests![
+    multi_row_inserts_with_parameters_are_split_per_shard,
     rows_land_on_the_shard_their_key_hashes_to,
     three_shards_with_text_and_uuid_keys,
 ];
@@ -191,6 +192,78 @@ fn three_shards_with_text_and_uuid_keys(ctx: &Ctx) -> anyhow::Result<()> {
         }
         let found = ids_by_shard(&s, "SELECT id FROM devices").await?;
         rows_landed(&s, KeyType::Uuid, &found, 200);
+        Ok(())
+    })
+}
+
+/// A prepared multi-row INSERT (an ORM's batch) whose rows belong to both shards: cut into one
+/// INSERT per shard with its own parameters, binary and text formats, ON CONFLICT on each row's
+/// shard, RETURNING rows of both shards, the summed count.
+fn multi_row_inserts_with_parameters_are_split_per_shard(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let s = sharded(ctx, 2).await?;
+        let c = s.proxy.client().await?;
+        c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text, n int DEFAULT 0)")
+            .await?;
+        let keys: Vec<i64> = s.keys_on(0).take(3).chain(s.keys_on(1).take(3)).collect();
+        let sql = "INSERT INTO users (id, name) VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8), ($9, $10), ($11, $12) \
+                   ON CONFLICT (id) DO UPDATE SET n = users.n + 1 RETURNING id";
+        let names: Vec<String> = keys.iter().map(|k| format!("u{k}")).collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        for (k, n) in keys.iter().zip(&names) {
+            params.push(k);
+            params.push(n);
+        }
+        // Binary parameters (tokio-postgres); twice: the second time every row conflicts.
+        for round in 0..2 {
+            let rows = c.query(sql, &params).await?;
+            let mut got: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            got.sort();
+            let mut want = keys.clone();
+            want.sort();
+            assert_eq!(got, want, "round {round}: RETURNING rows of both shards");
+        }
+        let found = ids_by_shard(&s, "SELECT id FROM users").await?;
+        rows_landed(&s, KeyType::Bigint, &found, 6);
+        for p in &s.primaries {
+            let n: i64 = p.query_one("SELECT sum(n) FROM users", &[]).await?.get(0);
+            assert_eq!(n, 3, "ON CONFLICT ran on each row's own shard");
+        }
+        // Text-format parameters and the summed count, over the raw protocol.
+        let more: Vec<i64> = s
+            .keys_on(0)
+            .skip(3)
+            .take(2)
+            .chain(s.keys_on(1).skip(3).take(2))
+            .collect();
+        let texts: Vec<String> = more.iter().map(i64::to_string).collect();
+        let mut raw = RawClient::connect(s.proxy.addr(), "app", "secret", "app", &[]).await?;
+        let frames = Frames::new()
+            .parse(
+                "",
+                "INSERT INTO users (id) VALUES ($1), ($2), ($3), ($4)",
+                &[],
+            )
+            .bind(
+                "",
+                "",
+                &[],
+                &texts.iter().map(|t| Some(t.as_bytes())).collect::<Vec<_>>(),
+                &[],
+            )
+            .execute("", 0)
+            .sync();
+        raw.send(&frames.finish()).await?;
+        let answers = raw.read_until_ready().await?;
+        assert_eq!(
+            tags(&answers),
+            "12CZ",
+            "ParseComplete, BindComplete, CommandComplete"
+        );
+        let complete = &answers[2].1;
+        assert_eq!(&complete[..], b"INSERT 0 4\0");
+        let found = ids_by_shard(&s, "SELECT id FROM users").await?;
+        rows_landed(&s, KeyType::Bigint, &found, 10);
         Ok(())
     })
 }

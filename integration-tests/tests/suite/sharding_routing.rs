@@ -282,31 +282,19 @@ fn unroutable_statements_are_refused_with_0a000(ctx: &Ctx) -> anyhow::Result<()>
             .execute("SELECT * FROM users WHERE id = $1", &[&"x"])
             .await;
         assert!(e.is_err(), "a key of the wrong type");
-        // A multi-row INSERT over two shards with parameter keys cannot be split.
-        let (a, b) = (s.key_on(0), s.key_on(1));
+        // A keyless multi-row INSERT is refused as a whole: nothing lands anywhere.
         let e = c
-            .execute(
-                "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b')",
-                &[&a, &b],
-            )
+            .batch_execute("INSERT INTO users (name) VALUES ('a'), ('b')")
             .await
-            .expect_err("cannot split");
+            .expect_err("no key");
         assert_eq!(e.code().map(|c| c.code()), Some("0A000"));
-        // ... while one shard's rows are fine.
-        let a2 = s.keys_on(0).nth(1).expect("another key on s0");
-        c.execute(
-            "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b')",
-            &[&a, &a2],
-        )
-        .await?;
-        assert_eq!(c.query("SELECT 1 FROM users", &[]).await?.len(), 2);
         let by_shard: BTreeMap<usize, usize> = ids_by_shard(&s, "SELECT id FROM users")
             .await?
             .iter()
             .enumerate()
             .map(|(i, ids)| (i, ids.len()))
             .collect();
-        assert_eq!(by_shard, BTreeMap::from([(0, 2), (1, 0)]));
+        assert_eq!(by_shard, BTreeMap::from([(0, 0), (1, 0)]));
         Ok(())
     })
 }

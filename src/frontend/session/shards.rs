@@ -265,20 +265,7 @@ impl Session {
         } else {
             None
         };
-        let param = |n: usize, t: KeyType| -> Result<ShardKey, RouteError> {
-            let (binary, value) = bind
-                .and_then(|rest| fe::bind_param(rest, n))
-                .ok_or(RouteError::Unbound(n))?;
-            let value = value.ok_or_else(|| {
-                RouteError::BadKey(format!("the shard key (parameter ${n}) is NULL"))
-            })?;
-            let key = if binary {
-                ShardKey::from_binary(t, value)
-            } else {
-                ShardKey::from_text(t, &String::from_utf8_lossy(value))
-            };
-            key.map_err(|e| RouteError::BadKey(format!("parameter ${n}: {e}")))
-        };
+        let param = |n: usize, t: KeyType| bind_key(bind, n, t);
         match shards_of(&plan.shards, config, values.as_deref(), &param) {
             Ok(s) => Ok(s),
             // A Parse not yet bound (a statement prepared for later): any shard can prepare it.
@@ -305,6 +292,21 @@ impl Session {
         self.shard_pin = pin;
         Ok(())
     }
+}
+
+/// The `n`-th parameter of a Bind (`bind`: its rest after the names) as a shard key of type `t`.
+pub(super) fn bind_key(bind: Option<&[u8]>, n: usize, t: KeyType) -> Result<ShardKey, RouteError> {
+    let (binary, value) = bind
+        .and_then(|rest| fe::bind_param(rest, n))
+        .ok_or(RouteError::Unbound(n))?;
+    let value = value
+        .ok_or_else(|| RouteError::BadKey(format!("the shard key (parameter ${n}) is NULL")))?;
+    let key = if binary {
+        ShardKey::from_binary(t, value)
+    } else {
+        ShardKey::from_text(t, &String::from_utf8_lossy(value))
+    };
+    key.map_err(|e| RouteError::BadKey(format!("parameter ${n}: {e}")))
 }
 
 /// Whether the last whole frame of `buf` is a Sync.

@@ -218,7 +218,9 @@ fn unparsed_shard_plan(sql: &str, tables: &[TableConfig]) -> ShardPlan {
     };
     // COPY ... FROM STDIN into a sharded table is split by key, whatever options sqlparser refuses.
     if let Some(c) = shard::copy_in(sql)
-        && let Some(t) = tables.iter().find(|t| t.name.eq_ignore_ascii_case(&c.table))
+        && let Some(t) = tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(&c.table))
     {
         p.scope = ShardScope::AllShards {
             table: t.name.clone(),

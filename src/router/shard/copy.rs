@@ -36,7 +36,10 @@ pub fn copy_in(sql: &str) -> Option<CopyIn> {
         toks.get(i)
             .is_some_and(|t| t.kind == Kind::Ident && sql[t.start..t.end].eq_ignore_ascii_case(w))
     };
-    let punct = |i: usize, p: &str| toks.get(i).is_some_and(|t| t.kind == Kind::Punct && &sql[t.start..t.end] == p);
+    let punct = |i: usize, p: &str| {
+        toks.get(i)
+            .is_some_and(|t| t.kind == Kind::Punct && &sql[t.start..t.end] == p)
+    };
     let ident = |i: usize| -> Option<String> {
         let t = toks.get(i)?;
         let raw = &sql[t.start..t.end];
@@ -361,8 +364,12 @@ mod tests {
         let p = copy_in("copy pgbench_accounts from stdin with (freeze on)").unwrap();
         assert_eq!(p.table, "pgbench_accounts");
         assert!(!p.csv && p.delimiter == b'\t');
-        let q = copy_in("COPY public.\"Users\" (a) FROM STDIN WITH CSV HEADER DELIMITER AS ';'").unwrap();
-        assert_eq!((q.table.as_str(), q.csv, q.header, q.delimiter), ("Users", true, true, b';'));
+        let q = copy_in("COPY public.\"Users\" (a) FROM STDIN WITH CSV HEADER DELIMITER AS ';'")
+            .unwrap();
+        assert_eq!(
+            (q.table.as_str(), q.csv, q.header, q.delimiter),
+            ("Users", true, true, b';')
+        );
         let b = copy_in("COPY t FROM STDIN (FORMAT binary)").unwrap();
         assert!(b.binary);
     }

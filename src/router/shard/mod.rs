@@ -37,7 +37,7 @@ pub use literals::{literals, rebind};
 pub use resolve::{
     MAX_SHARDS, RouteError, ShardSet, Shards, key_shards, needs_literals, shards_of,
 };
-pub use split::{split_insert, values_rows};
+pub use split::{split_insert, split_insert_params, values_rows};
 
 /// Where a shard key value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -221,17 +221,18 @@ fn table_key(plan: &ShardPlan, config: &Config) -> (String, String) {
     (table, key)
 }
 
-/// The shard of each key of a `Keys` plan whose keys are all literals, in order (for an INSERT:
-/// of each VALUES row). None when a key is a parameter or not a valid key.
+/// The shard of each key of a `Keys` plan, in order (for an INSERT: of each VALUES row);
+/// `literals` and `param` as for [`shards_of`]. None when a key cannot be read.
 pub fn key_shards(
     plan: &ShardPlan,
     config: &Config,
     literals: Option<&[String]>,
+    param: &dyn Fn(usize, KeyType) -> Result<ShardKey, RouteError>,
 ) -> Option<Vec<usize>> {
     if !matches!(plan.scope, ShardScope::Keys { .. }) {
         return None;
     }
-    each_key_shard(plan, config, literals, &|n, _| Err(RouteError::Unbound(n))).ok()
+    each_key_shard(plan, config, literals, param).ok()
 }
 
 #[cfg(test)]

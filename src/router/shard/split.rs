@@ -109,3 +109,69 @@ mod tests {
         assert!(split_insert("INSERT INTO t VALUES (1)", &[0, 1]).is_none());
     }
 }
+
+/// A multi-row INSERT with `$n` parameters cut per shard: each shard's text has its parameters
+/// renumbered `$1..$k` in order of appearance, with the original numbers they stand for.
+pub fn split_insert_params(
+    sql: &str,
+    shard_of_row: &[usize],
+) -> Option<BTreeMap<usize, (String, Vec<usize>)>> {
+    let texts = split_insert(sql, shard_of_row)?;
+    texts
+        .into_iter()
+        .map(|(shard, text)| {
+            let (renumbered, old) = renumber_params(&text)?;
+            Some((shard, (renumbered, old)))
+        })
+        .collect()
+}
+
+/// `$n` parameters renumbered from 1 in order of first appearance; the old numbers, in new order.
+fn renumber_params(sql: &str) -> Option<(String, Vec<usize>)> {
+    let mut out = String::with_capacity(sql.len());
+    let mut old: Vec<usize> = Vec::new();
+    let mut at = 0;
+    for tok in Lexer::new(sql.as_bytes()) {
+        if tok.kind == Kind::Param {
+            let n: usize = sql[tok.start + 1..tok.end].parse().ok()?;
+            let new = match old.iter().position(|&o| o == n) {
+                Some(i) => i + 1,
+                None => {
+                    old.push(n);
+                    old.len()
+                }
+            };
+            out.push_str(&sql[at..tok.start]);
+            out.push_str(&format!("${new}"));
+            at = tok.end;
+        }
+    }
+    out.push_str(&sql[at..]);
+    Some((out, old))
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    #[test]
+    fn rows_with_parameters_are_renumbered() {
+        let sql = "INSERT INTO t (id, v) VALUES ($1, $2), ($3, $4), ($5, $6) ON CONFLICT (id) DO UPDATE SET v = $7";
+        let split = split_insert_params(sql, &[0, 1, 0]).unwrap();
+        assert_eq!(
+            split[&0],
+            (
+                "INSERT INTO t (id, v) VALUES ($1, $2), ($3, $4) ON CONFLICT (id) DO UPDATE SET v = $5".to_string(),
+                vec![1, 2, 5, 6, 7]
+            )
+        );
+        assert_eq!(
+            split[&1],
+            (
+                "INSERT INTO t (id, v) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = $3"
+                    .to_string(),
+                vec![3, 4, 7]
+            )
+        );
+    }
+}

@@ -77,7 +77,8 @@ impl Session {
     async fn commit_inner(&mut self, m: &mut Multi) -> Result<(), SessionError> {
         let lost = |p: &Part, e: crate::errors::BackendError| SessionError::lost(p.conn.addr, e);
         for p in &mut m.parts {
-            p.settle(&self.worker.shared.config.shards[p.shard].name).await?;
+            p.settle(&self.worker.shared.config.shards[p.shard].name)
+                .await?;
         }
         // Shards that only read commit first; their outcome changes nothing.
         for p in m.parts.iter_mut().filter(|p| !p.wrote) {

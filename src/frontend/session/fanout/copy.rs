@@ -344,7 +344,7 @@ impl Session {
             let mut order = VecDeque::new();
             match frames {
                 Some(f) => {
-                    if let Err(e) = self.write_group(part, f, &mut order) {
+                    if let Err(e) = self.write_group(part, f, &mut order, None) {
                         error.get_or_insert(e);
                         continue;
                     }

@@ -21,6 +21,27 @@ pub(super) struct Group {
 /// One shard's answer to a group, frame by frame.
 type Answer = Vec<(u8, Bytes)>;
 
+/// A multi-row INSERT cut per shard.
+enum Split {
+    /// A simple query: each shard's text.
+    Texts(std::collections::BTreeMap<usize, String>),
+    /// Extended protocol: each shard's text and the original numbers of its parameters.
+    Params(std::collections::BTreeMap<usize, (String, Vec<usize>)>),
+}
+
+/// The rest (after its names) of the Bind among `frames`, if there is one.
+fn bind_rest(frames: &[u8]) -> Option<&[u8]> {
+    let mut off = 0;
+    while let Ok(Some(h)) = peek_header(&frames[off..], usize::MAX) {
+        let body = frames.get(off + 5..off + h.frame_len)?;
+        if h.tag == fe::BIND {
+            return fe::bind_statement(body).ok().map(|(_, _, rest)| rest);
+        }
+        off += h.frame_len;
+    }
+    None
+}
+
 impl Session {
     /// Cuts a unit into groups and routes each.
     pub(super) fn groups(
@@ -145,17 +166,13 @@ impl Session {
         targets: ShardSet,
     ) -> Result<bool, SessionError> {
         let writes = g.plan.as_ref().is_none_or(|p| p.writes || p.unparsed);
+        let bind = (!g.is_query).then(|| bind_rest(frames)).flatten();
         let split = match g
             .plan
             .as_ref()
-            .and_then(|p| self.split_insert(p, &g.text, targets))
+            .and_then(|p| self.split_insert(p, &g.text, targets, bind))
         {
-            Some(Ok(texts)) if g.is_query => Some(texts),
-            Some(Ok(_)) => {
-                return Err(SessionError::CrossShard(
-                    "a multi-row INSERT prepared with the extended protocol whose rows go to several shards; send one row per statement, or use a simple query".into(),
-                ));
-            }
+            Some(Ok(s)) => Some(s),
             Some(Err(e)) => return Err(e),
             None => None,
         };
@@ -171,11 +188,13 @@ impl Session {
             for part in m.parts.iter_mut().filter(|p| targets.contains(p.shard)) {
                 let mut order = VecDeque::new();
                 match &split {
-                    Some(texts) => {
-                        let text = &texts[&part.shard];
-                        fe::write_query(&mut part.conn.wbuf, text);
+                    Some(Split::Texts(texts)) => {
+                        fe::write_query(&mut part.conn.wbuf, &texts[&part.shard]);
                     }
-                    None => self.write_group(part, frames, &mut order)?,
+                    Some(Split::Params(per_shard)) => {
+                        self.write_group(part, frames, &mut order, Some(&per_shard[&part.shard]))?
+                    }
+                    None => self.write_group(part, frames, &mut order, None)?,
                 }
                 if !g.is_query {
                     fe::write_sync(&mut part.conn.wbuf);
@@ -237,11 +256,15 @@ impl Session {
 
     /// Writes a group's frames to one part, renaming prepared statements as the ordinary path
     /// does and preparing on this connection what it lacks.
+    /// `split`: this shard's rows of a multi-row INSERT with parameters (its text, renumbered, and
+    /// the original parameter numbers): the Bind is replaced by an unnamed Parse of that text and a
+    /// Bind of those parameters.
     pub(super) fn write_group(
         &mut self,
         part: &mut Part,
         frames: &[u8],
         order: &mut VecDeque<bool>,
+        split: Option<&(String, Vec<usize>)>,
     ) -> Result<(), SessionError> {
         let mut off = 0;
         while let Ok(Some(h)) = peek_header(&frames[off..], usize::MAX) {
@@ -274,6 +297,32 @@ impl Session {
                         conn.prepared.insert(stmt.id);
                         order.push_back(false);
                     }
+                }
+                fe::BIND if split.is_some() => {
+                    let (text, keep) = split.expect("checked");
+                    let (portal, stmt_name, rest) = fe::bind_statement(body)?;
+                    let types = if stmt_name.is_empty() {
+                        self.unnamed_parse
+                            .get(5..)
+                            .and_then(|b| fe::parse_name(b).ok())
+                            .map(|(_, r)| r.to_vec())
+                    } else {
+                        self.statements
+                            .get(stmt_name)
+                            .map(|s| s.parse_rest.to_vec())
+                    }
+                    .unwrap_or_default();
+                    let parse = fe::parse_rest_subset(&types, text, keep);
+                    let bind =
+                        fe::bind_rest_subset(rest, keep).ok_or(ProtocolError::Malformed {
+                            what: "Bind",
+                            problem: "its parameters do not add up",
+                        })?;
+                    fe::write_parse(&mut conn.wbuf, b"", &parse);
+                    order.push_back(true);
+                    fe::write_bind(&mut conn.wbuf, portal, b"", &bind);
+                    // The server's unnamed statement is now this one, not the client's.
+                    part.has_unnamed = false;
                 }
                 fe::BIND => {
                     let (portal, stmt_name, rest) = fe::bind_statement(body)?;
@@ -341,7 +390,8 @@ impl Session {
         plan: &Plan,
         text: &[u8],
         targets: ShardSet,
-    ) -> Option<Result<std::collections::BTreeMap<usize, String>, SessionError>> {
+        bind: Option<&[u8]>,
+    ) -> Option<Result<Split, SessionError>> {
         let [p] = &plan.shards[..] else {
             return None;
         };
@@ -354,7 +404,7 @@ impl Session {
         }
         let refuse = || {
             Err(SessionError::CrossShard(
-                "a multi-row INSERT whose rows go to several shards, with keys given as parameters; send one row per statement, or the keys as literals".into(),
+                "a multi-row INSERT whose rows go to several shards could not be cut per shard; send one row per statement".into(),
             ))
         };
         let Ok(sql) = std::str::from_utf8(text) else {
@@ -362,13 +412,16 @@ impl Session {
         };
         let values = crate::router::shard::literals(sql);
         let config = &self.worker.shared.config;
-        let Some(rows) = crate::router::shard::key_shards(p, config, values.as_deref()) else {
+        let param = |n, t| super::super::shards::bind_key(bind, n, t);
+        let Some(rows) = crate::router::shard::key_shards(p, config, values.as_deref(), &param)
+        else {
             return Some(refuse());
         };
-        match crate::router::shard::split_insert(sql, &rows) {
-            Some(m) => Some(Ok(m)),
-            None => Some(refuse()),
-        }
+        let split = match bind {
+            None => crate::router::shard::split_insert(sql, &rows).map(Split::Texts),
+            Some(_) => crate::router::shard::split_insert_params(sql, &rows).map(Split::Params),
+        };
+        Some(split.map_or_else(refuse, Ok))
     }
 
     /// Answers extended-protocol frames the proxy handled itself.
