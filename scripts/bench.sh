@@ -28,31 +28,10 @@ cargo build --release --quiet --bin shardgate -p shardgate -p integration-tests 
 BIN=$PWD/target/release/shardgate
 IDLE_CLIENTS=$PWD/target/release/idle_clients
 IDLE=${IDLE:-1000}
-WORK=$(mktemp -d /tmp/shardgate-bench.XXXXXX)
-chmod 755 "$WORK"
-DEMO_PID=""
+# shellcheck source=scripts/lib/demo.sh
+source scripts/lib/demo.sh
+start_demo shardgate-bench "$PORT" 1 2
 BOUNCER_PID=""
-cleanup() {
-    [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null || true
-    [ -n "${NORYW_PID:-}" ] && kill "$NORYW_PID" 2>/dev/null || true
-    if [ -n "$DEMO_PID" ]; then
-        kill -INT "$DEMO_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-SHARDGATE_LOG=warn "$BIN" demo --dir "$WORK/cluster" --listen "127.0.0.1:$PORT" --shards 1 --replicas 2 \
-    > "$WORK/demo.out" 2> "$WORK/demo.err" &
-DEMO_PID=$!
-for _ in $(seq 1 600); do
-    grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" 2>/dev/null && break
-    kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.err"; exit 1; }
-    sleep 0.2
-done
-grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" || { echo "demo did not start"; cat "$WORK/demo.err"; exit 1; }
-MAP=$(sed -n 's/.*SHARDGATE_DEMO_READY.* map=\([^ ]*\).*/\1/p' "$WORK/demo.out")
 PRIMARY=$(sed -n '/^\[\[shards\]\]/,$ s/^primary = "\(.*\)"/\1/p' "$MAP" | head -1)
 PPORT=${PRIMARY##*:}
 
@@ -80,6 +59,7 @@ NPORT=$((PORT + 2))
 SHARDGATE_LOG=warn SHARDGATE_PROXY__LISTEN="127.0.0.1:$NPORT" SHARDGATE_ROUTING__READ_YOUR_WRITES=false \
     "$BIN" run --config "$MAP" > "$WORK/noryw.out" 2>&1 &
 NORYW_PID=$!
+EXTRA_PIDS="$EXTRA_PIDS $NORYW_PID"
 for _ in $(seq 1 50); do
     psql -X -q "host=127.0.0.1 port=$NPORT user=app dbname=app" -c "SELECT 1" > /dev/null 2>&1 && break
     sleep 0.1
@@ -123,6 +103,7 @@ EOF
         pgbouncer "$BDIR/pgbouncer.ini" > "$BDIR/stderr" 2>&1 &
     fi
     BOUNCER_PID=$!
+    EXTRA_PIDS="$EXTRA_PIDS $BOUNCER_PID"
     for _ in $(seq 1 50); do
         psql -X -q "host=127.0.0.1 port=$BPORT user=app dbname=app" -c "SELECT 1" > /dev/null 2>&1 && break
         kill -0 "$BOUNCER_PID" 2>/dev/null || { echo "pgbouncer did not start:"; cat "$BDIR/stderr" "$BDIR/pgbouncer.log" 2>/dev/null; exit 1; }

@@ -26,30 +26,9 @@ cd "$(dirname "$0")/.."
 
 cargo build --release --quiet --bin shardgate
 BIN=$PWD/target/release/shardgate
-WORK=$(mktemp -d /tmp/shardgate-bench-sharded.XXXXXX)
-chmod 755 "$WORK"
-DEMO_PID=""
-PROXY_PID=""
-cleanup() {
-    [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null || true
-    if [ -n "$DEMO_PID" ]; then
-        kill -INT "$DEMO_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-SHARDGATE_LOG=warn "$BIN" demo --dir "$WORK/cluster" --listen "127.0.0.1:$PORT" --shards 2 --replicas 0 \
-    > "$WORK/demo.out" 2> "$WORK/demo.err" &
-DEMO_PID=$!
-for _ in $(seq 1 600); do
-    grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" 2>/dev/null && break
-    kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.err"; exit 1; }
-    sleep 0.2
-done
-grep -q SHARDGATE_DEMO_READY "$WORK/demo.out" || { echo "demo did not start"; exit 1; }
-MAP=$(sed -n 's/.*SHARDGATE_DEMO_READY.* map=\([^ ]*\).*/\1/p' "$WORK/demo.out")
+# shellcheck source=scripts/lib/demo.sh
+source scripts/lib/demo.sh
+start_demo shardgate-bench-sharded "$PORT" 2 0
 PRIMARIES=$(sed -n 's/^primary = "\(.*\)"/\1/p' "$MAP")
 P0=$(echo "$PRIMARIES" | head -1); P0=${P0##*:}
 
@@ -78,6 +57,7 @@ shard_key = "aid"
 EOF
 SHARDGATE_LOG=warn "$BIN" run --config "$WORK/sharded.toml" > "$WORK/proxy.out" 2>&1 &
 PROXY_PID=$!
+EXTRA_PIDS="$EXTRA_PIDS $PROXY_PID"
 export PGPASSWORD=secret
 PROXY="host=127.0.0.1 port=$SPORT user=app dbname=app"
 for _ in $(seq 1 50); do psql -X -q "$PROXY" -c "SELECT 1" > /dev/null 2>&1 && break; sleep 0.1; done
