@@ -21,14 +21,38 @@ pub struct CancelTarget {
 pub struct CancelSlot {
     pub secret: i32,
     target: Mutex<Option<CancelTarget>>,
+    /// The connections of a request over several shards (usually empty, so `set` on the hot path
+    /// never allocates).
+    fanout: Mutex<Vec<CancelTarget>>,
 }
 
 impl CancelSlot {
     pub fn set(&self, target: Option<CancelTarget>) {
         *self.target.lock().expect("cancel slot lock") = target;
     }
-    pub fn get(&self) -> Option<CancelTarget> {
-        *self.target.lock().expect("cancel slot lock")
+
+    /// The servers of a request over several shards (empty: none).
+    pub fn set_fanout(&self, targets: Vec<CancelTarget>) {
+        *self.fanout.lock().expect("cancel slot lock") = targets;
+    }
+
+    /// Every server the client's request runs on now.
+    pub fn targets(&self) -> Vec<CancelTarget> {
+        let mut all: Vec<CancelTarget> = self
+            .target
+            .lock()
+            .expect("cancel slot lock")
+            .iter()
+            .copied()
+            .collect();
+        all.extend(
+            self.fanout
+                .lock()
+                .expect("cancel slot lock")
+                .iter()
+                .copied(),
+        );
+        all
     }
 }
 
@@ -66,6 +90,7 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret: rand::random(),
                 target: Mutex::new(None),
+                fanout: Mutex::new(Vec::new()),
             });
             slots.insert(pid, slot.clone());
             return CancelGuard {
@@ -76,19 +101,19 @@ impl CancelRegistry {
         }
     }
 
-    /// The server to cancel for a request carrying `(pid, secret)`; `None` if the key is unknown, the
-    /// secret is wrong, or the client runs nothing on a server now.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+    /// The servers to cancel for a request carrying `(pid, secret)`: none if the key is unknown,
+    /// the secret is wrong, or the client runs nothing on a server now.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Vec<CancelTarget> {
         let slot = self
             .slots
             .lock()
             .expect("cancel registry lock")
             .get(&pid)
-            .cloned()?;
-        if slot.secret != secret {
-            return None;
+            .cloned();
+        match slot {
+            Some(slot) if slot.secret == secret => slot.targets(),
+            _ => Vec::new(),
         }
-        slot.get()
     }
 }
 
@@ -106,10 +131,18 @@ mod tests {
             secret: 9,
         };
         g.slot.set(Some(t));
-        assert_eq!(r.lookup(g.pid, g.slot.secret), Some(t));
-        assert_eq!(r.lookup(g.pid, g.slot.secret.wrapping_add(1)), None);
+        assert_eq!(r.lookup(g.pid, g.slot.secret), vec![t]);
+        assert_eq!(r.lookup(g.pid, g.slot.secret.wrapping_add(1)), vec![]);
+        let u = CancelTarget { pid: 8, ..t };
+        g.slot.set(None);
+        g.slot.set_fanout(vec![t, u]);
+        assert_eq!(
+            r.lookup(g.pid, g.slot.secret),
+            vec![t, u],
+            "every shard of a fan-out"
+        );
         let pid = g.pid;
         drop(g);
-        assert_eq!(r.lookup(pid, 0), None);
+        assert_eq!(r.lookup(pid, 0), vec![]);
     }
 }

@@ -373,14 +373,16 @@ async fn startup_params(
     Ok(params)
 }
 
-/// Relays a client's CancelRequest to the server running its query.
+/// Relays a client's CancelRequest to every server running its request (several for a request
+/// over several shards).
 async fn forward_cancel(worker: &Worker, pid: i32, secret: i32) {
-    match worker.shared.cancels.lookup(pid, secret) {
-        Some(t) => {
-            if let Err(e) = crate::backend::send_cancel(t.addr, t.pid, t.secret).await {
-                warn!(server = %t.addr, error = %e, "could not forward a cancel request");
-            }
+    let targets = worker.shared.cancels.lookup(pid, secret);
+    if targets.is_empty() {
+        debug!(pid, "cancel request for no running query (or a wrong key)");
+    }
+    for t in targets {
+        if let Err(e) = crate::backend::send_cancel(t.addr, t.pid, t.secret).await {
+            warn!(server = %t.addr, error = %e, "could not forward a cancel request");
         }
-        None => debug!(pid, "cancel request for no running query (or a wrong key)"),
     }
 }

@@ -9,6 +9,7 @@ use crate::harness::{Ctx, block_on, tests};
 use crate::sharded::{ids_by_shard, rows, sharded};
 
 tests![
+    a_cancel_reaches_every_shard_of_a_fanout,
     statements_touch_only_the_shards_of_their_keys,
     explicit_routing_and_explain,
     unroutable_statements_are_refused_with_0a000,
@@ -295,6 +296,62 @@ fn unroutable_statements_are_refused_with_0a000(ctx: &Ctx) -> anyhow::Result<()>
             .map(|(i, ids)| (i, ids.len()))
             .collect();
         assert_eq!(by_shard, BTreeMap::from([(0, 0), (1, 0)]));
+        Ok(())
+    })
+}
+
+/// A query running on every shard is cancelled on every shard by one CancelRequest.
+fn a_cancel_reaches_every_shard_of_a_fanout(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let s = sharded(ctx, 2).await?;
+        let c = s.proxy.client().await?;
+        c.batch_execute("CREATE TABLE users (id bigint PRIMARY KEY)")
+            .await?;
+        // On the primaries, where the test watches pg_stat_activity.
+        c.batch_execute("SET shardgate.target = 'primary'").await?;
+        let token = c.cancel_token();
+        let sleeper = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = c
+                .query("SELECT pg_sleep(30), count(*) FROM users", &[])
+                .await;
+            (r.map(|_| ()), started.elapsed())
+        });
+        for p in &s.primaries {
+            crate::harness::wait_until(
+                "the query to run on every shard",
+                std::time::Duration::from_secs(10),
+                || async {
+                    p.query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+                },
+            )
+            .await?;
+        }
+        token.cancel_query(tokio_postgres::NoTls).await?;
+        let (result, took) = sleeper.await?;
+        let e = result.expect_err("cancelled");
+        assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+        assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+        for p in &s.primaries {
+            crate::harness::wait_until(
+                "the query to stop on every shard",
+                std::time::Duration::from_secs(5),
+                || async {
+                    p.query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) == 0)
+                },
+            )
+            .await?;
+        }
         Ok(())
     })
 }

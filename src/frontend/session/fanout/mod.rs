@@ -290,6 +290,7 @@ impl Session {
         let Some(mut m) = self.multi.take() else {
             return;
         };
+        self.cancel.set_fanout(Vec::new());
         if std::mem::take(&mut m.dirty) {
             for p in &mut m.parts {
                 if !p.conn.broken && p.conn.tx_status == be::TX_IDLE {
@@ -319,6 +320,7 @@ impl Session {
 
     /// The client is gone: every fan-out connection is closed (which rolls back what was open).
     pub(super) fn drop_parts(&mut self) {
+        self.cancel.set_fanout(Vec::new());
         if let Some(m) = self.multi.take() {
             for p in m.parts {
                 drop(Checkout::take(p.conn));
@@ -392,6 +394,19 @@ impl Session {
             });
             m.parts.sort_by_key(|p| p.shard);
         }
+        self.cancel.set_fanout(
+            self.multi
+                .as_ref()
+                .expect("set")
+                .parts
+                .iter()
+                .map(|p| CancelTarget {
+                    addr: p.conn.addr,
+                    pid: p.conn.pid,
+                    secret: p.conn.secret,
+                })
+                .collect(),
+        );
         Ok(())
     }
 
