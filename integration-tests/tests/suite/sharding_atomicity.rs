@@ -96,6 +96,24 @@ fn transactions_over_two_shards_commit_on_both_or_neither(ctx: &Ctx) -> anyhow::
                 .get(0);
             assert_eq!(n, 0, "nothing left prepared");
         }
+        // A statement shardgate refuses aborts the transaction, as a server's error would.
+        let k = s.keys_on(0).nth(10).expect("a key on s0");
+        c.batch_execute("BEGIN").await?;
+        c.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&k])
+            .await?;
+        let e = c
+            .batch_execute("UPDATE users SET id = 1 WHERE id = 2")
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code().map(|c| c.code()), Some("0A000"));
+        let e = c
+            .execute("SELECT 1", &[])
+            .await
+            .expect_err("the transaction is aborted");
+        assert_eq!(e.code().map(|c| c.code()), Some("25P02"));
+        c.batch_execute("COMMIT").await?;
+        let found = ids_by_shard(&s, "SELECT id FROM users").await?;
+        assert!(!found[0].contains(&k.to_string()), "rolled back");
         // The client's connection goes on working, on one shard or two.
         c.batch_execute("BEGIN").await?;
         c.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", &[&a[3]])

@@ -57,6 +57,9 @@ impl Session {
                     return UnitStep::Wait;
                 }
                 error.write_to(&mut self.cout);
+                if self.client_tx_status() != be::TX_IDLE {
+                    self.abort_transaction().await;
+                }
                 if buf[0] == fe::QUERY || last_is_sync(&buf[..len]) {
                     let status = self.client_tx_status();
                     be::write_ready_for_query(&mut self.cout, status);
@@ -118,6 +121,27 @@ impl Session {
         self.unit_left = len;
         self.unit_plan = query_plan;
         UnitStep::Go
+    }
+
+    /// A refused statement in a transaction block aborts the transaction, as an error on a
+    /// server would: what the servers did is rolled back, and until ROLLBACK (or COMMIT, answered
+    /// ROLLBACK) every statement gets 25P02.
+    async fn abort_transaction(&mut self) {
+        if let Some(conn) = self.backend.as_mut() {
+            match conn.run_internal("ROLLBACK").await {
+                Ok(r) if r.error.is_none() => {}
+                _ => conn.broken = true,
+            }
+            self.begun = false;
+            self.tx_wrote = false;
+            self.release();
+        }
+        if self.multi.is_some() {
+            self.rollback_parts().await;
+            self.release_parts().await;
+        }
+        self.deferred_begin = None;
+        self.failed_tx = true;
     }
 
     async fn fanout_unit(&mut self, unit: &[u8], shards: Shards) -> UnitStep {

@@ -47,7 +47,7 @@ impl Session {
     }
 
     /// Rolls back every part's transaction.
-    pub(super) async fn rollback_parts(&mut self) {
+    pub(in crate::frontend::session) async fn rollback_parts(&mut self) {
         let Some(m) = self.multi.as_mut() else {
             return;
         };
