@@ -34,6 +34,7 @@ pub mod frontend;
 pub mod hash;
 pub mod health;
 pub mod localcluster;
+pub mod merge;
 pub mod pool;
 pub mod protocol;
 pub mod router;

@@ -7,7 +7,6 @@
 //! - [`hint`]: `/* shardgate: primary|replica */` as the leading comment.
 //! - [`local`]: `SET/RESET/SHOW shardgate.*`, answered by the proxy itself.
 //! - [`shard`]: which shards a statement touches (keys, hints, refusals, INSERT/COPY splitting).
-//! - [`merge`]: how a SELECT over several shards is merged (ORDER BY, LIMIT, aggregates, DISTINCT).
 //! - [`normalize`]: the cache key, shared by texts that differ only in literal values.
 //! - [`cache`]: a bounded per-thread [`RouteCache`] of plans by cache key.
 
@@ -16,7 +15,6 @@ pub mod classify;
 pub mod hint;
 mod lex;
 pub mod local;
-pub mod merge;
 pub mod normalize;
 pub mod shard;
 
