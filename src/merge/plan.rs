@@ -524,7 +524,6 @@ fn plan_query(query: &mut Query, tables: &[TableConfig]) -> Result<Merge, MergeR
             Some(q) => literal_count(q)?,
             None => Some(1),
         };
-        offset = offset.max(0);
     }
     if order.is_empty() && limit.is_none() && offset == 0 && !aggregate && !distinct {
         return Ok(Merge::Concat);
