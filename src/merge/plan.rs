@@ -497,7 +497,7 @@ fn plan_query(query: &mut Query, tables: &[TableConfig]) -> Result<Merge, MergeR
     }
     let hidden = cols.projection.len() - items;
     let columns = if aggregate { cols.columns } else { Vec::new() };
-    let (mut limit, mut offset) = match &query.limit_clause {
+    let (mut limit, offset) = match &query.limit_clause {
         None => (None, 0),
         Some(LimitClause::LimitOffset {
             limit,
