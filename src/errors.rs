@@ -128,6 +128,9 @@ pub enum SessionError {
     CrossShard(String),
     #[error("the two-phase commit over shards failed: {0}")]
     TwoPhase(String),
+    /// The rows of several shards could not be merged.
+    #[error("{0}")]
+    Merge(#[from] crate::merge::rows::MergeError),
     /// An error a server sent, passed on as it is.
     #[error("{0}")]
     Server(ServerError),
@@ -169,6 +172,18 @@ impl SessionError {
             SessionError::BadShardHint(_) => "22023",
             SessionError::CrossShard(_) => "0A000",
             SessionError::TwoPhase(_) => "40000",
+            SessionError::Merge(e) => {
+                use crate::merge::rows::MergeError;
+                use crate::merge::value::ValueError;
+                match e {
+                    MergeError::Value(ValueError::TooLarge) | MergeError::OutOfRange => "22003",
+                    MergeError::Value(ValueError::DivisionByZero) => "22012",
+                    MergeError::Value(ValueError::BadFormat { .. }) | MergeError::Malformed(_) => {
+                        "08P01"
+                    }
+                    MergeError::Value(_) | MergeError::Unsupported(_) => "0A000",
+                }
+            }
             SessionError::StartupSettingRejected(e) | SessionError::Server(e) => {
                 // Postgres's own code (22023 invalid_parameter_value, ...) is the right one here.
                 match crate::protocol::backend::error_field(&e.body, b'C') {

@@ -38,6 +38,9 @@ pub struct Worker {
     pub routes: RefCell<crate::router::RouteCache>,
     /// How fast simple-query and unnamed-statement texts have been, by a hash of the text.
     pub text_speeds: RefCell<HashMap<u64, Arc<super::multiplex::StatementSpeed>>>,
+    /// Merge plans of SELECT texts run over several shards, by exact text (a plan holds literal
+    /// LIMITs and the rewritten shard query, so texts that share a routing plan differ here).
+    pub merges: RefCell<HashMap<Box<[u8]>, Arc<crate::merge::MergeResult>>>,
 }
 
 /// Distinct statement shapes each worker keeps routing plans for.
@@ -145,6 +148,7 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                             shared.classify.clone(),
                         )),
                         text_speeds: RefCell::new(HashMap::new()),
+                        merges: RefCell::new(HashMap::new()),
                         shared,
                         sessions,
                     };

@@ -41,6 +41,9 @@ pub struct Shared {
     pub decisions: Option<Arc<crate::twophase::DecisionLog>>,
     /// Statement texts the router could not parse (sent to the primary).
     pub unparsed: std::sync::atomic::AtomicU64,
+    /// Whether each server's database sorts text in the "C" collation (asked once, when a merge
+    /// first compares text).
+    pub collation_c: Mutex<HashMap<crate::config::ServerAddr, bool>>,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
             clients: std::sync::atomic::AtomicUsize::new(0),
             topology: Arc::new(crate::topology::Topology::new(&config)),
             unparsed: std::sync::atomic::AtomicU64::new(0),
+            collation_c: Mutex::new(HashMap::new()),
             classify: Arc::new(crate::router::ClassifyOptions::from_config(&config)),
             config: Arc::new(config),
         }

@@ -4,7 +4,17 @@
 //! - [`plan`]: from the SQL text, what the merge must do (sort keys, LIMIT/OFFSET, aggregates,
 //!   HAVING, DISTINCT) and the statement each shard runs instead; or a refusal naming the
 //!   construct that cannot be merged exactly.
+//! - [`rows`]: the merge itself, on DataRow bytes: k-way by sort keys (streaming), or grouped
+//!   (aggregates, DISTINCT), then HAVING, order, OFFSET and LIMIT.
+//! - [`value`], [`numeric`]: decoding, comparing and encoding the values the merge needs (sort keys,
+//!   group keys, aggregate partials) by type OID and format; nothing else is decoded.
 
+pub mod numeric;
 pub mod plan;
+pub mod rows;
+pub mod value;
 
 pub use plan::{Merge, MergePlan, MergeRefusal, merge_plan};
+
+/// A text's merge plan, or why it cannot be merged.
+pub type MergeResult = Result<Merge, MergeRefusal>;

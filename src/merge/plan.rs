@@ -481,11 +481,17 @@ fn plan_query(query: &mut Query, tables: &[TableConfig]) -> Result<Merge, MergeR
         if !matches!(cols.columns[i], Column::Avg { .. }) {
             continue;
         }
-        let (SelectItem::UnnamedExpr(Expr::Function(f))
-        | SelectItem::ExprWithAlias {
+        // The column keeps its name: `avg`, as Postgres names it, unless aliased.
+        if let SelectItem::UnnamedExpr(e) = &cols.projection[i] {
+            cols.projection[i] = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::new("avg"),
+            };
+        }
+        let SelectItem::ExprWithAlias {
             expr: Expr::Function(f),
             ..
-        }) = &mut cols.projection[i]
+        } = &mut cols.projection[i]
         else {
             unreachable!("aggregates are calls");
         };
@@ -998,6 +1004,11 @@ mod tests {
         assert_eq!(
             p.shard_sql,
             "SELECT country, count(*), sum(age) AS a, count(age) FROM users GROUP BY country"
+        );
+        // The column keeps Postgres's name for it.
+        assert_eq!(
+            plan("SELECT avg(x) FROM t").shard_sql,
+            "SELECT sum(x) AS avg, count(x) FROM t"
         );
         let p = plan("SELECT min(id), max(id), sum(n) FROM users");
         assert_eq!(p.columns, vec![Column::Min, Column::Max, Column::Sum]);

@@ -105,6 +105,57 @@ pub fn write_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], rest: &[u8]) {
     out.put_slice(rest);
 }
 
+/// Where a Bind's result format codes start in its rest (after its names), and the format of
+/// each of `columns` result columns they give (none: text; one: all). None when malformed.
+pub fn bind_results(rest: &[u8], columns: usize) -> Option<(usize, Vec<i16>)> {
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]) as usize)
+    };
+    let mut at = 2 + 2 * u16_at(0)?;
+    let nparams = u16_at(at)?;
+    at += 2;
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        at += 4 + usize::try_from(len).unwrap_or(0);
+    }
+    let n = u16_at(at)?;
+    let code = |i: usize| -> Option<i16> {
+        Some(i16::from_be_bytes([
+            *rest.get(at + 2 + 2 * i)?,
+            *rest.get(at + 3 + 2 * i)?,
+        ]))
+    };
+    let formats = match n {
+        0 => vec![0; columns],
+        1 => vec![code(0)?; columns],
+        _ => (0..columns)
+            .map(|i| code(i).or(Some(0)))
+            .collect::<Option<Vec<_>>>()?,
+    };
+    Some((at, formats))
+}
+
+/// The number of parameter values in a Bind's rest (after its names).
+pub fn bind_param_count(rest: &[u8]) -> Option<usize> {
+    let nformats = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    let at = 2 + 2 * nformats;
+    Some(u16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]) as usize)
+}
+
+/// Execute: `(portal, max_rows)`.
+pub fn execute_target(body: &[u8]) -> Option<(&[u8], i32)> {
+    let (portal, rest) = cstr(body)?;
+    Some((portal, i32::from_be_bytes(rest.get(..4)?.try_into().ok()?)))
+}
+
+/// Writes `Execute(portal, max_rows)`.
+pub fn write_execute(out: &mut BytesMut, portal: &[u8], max_rows: i32) {
+    frame(out, EXECUTE, portal.len() + 1 + 4);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_i32(max_rows);
+}
+
 /// The rest of a Bind (after its names) keeping only parameters `keep` (1-based, in the new
 /// order): their format codes and values, the result formats as they were. None when malformed.
 pub fn bind_rest_subset(rest: &[u8], keep: &[usize]) -> Option<BytesMut> {

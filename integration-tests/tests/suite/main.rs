@@ -15,6 +15,7 @@ mod replica_health;
 mod routing;
 mod sharded;
 mod sharding_atomicity;
+mod sharding_merge;
 mod sharding_migrations;
 mod sharding_placement;
 mod sharding_routing;
@@ -50,6 +51,7 @@ const MODULES: &[&[Test]] = &[
     sharding_placement::TESTS,
     sharding_routing::TESTS,
     sharding_atomicity::TESTS,
+    sharding_merge::TESTS,
     sharding_migrations::TESTS,
 ];
 

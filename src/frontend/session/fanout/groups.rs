@@ -165,6 +165,9 @@ impl Session {
         frames: &[u8],
         targets: ShardSet,
     ) -> Result<bool, SessionError> {
+        if let Some(how) = self.merge_of(g, frames, targets)? {
+            return self.run_merged(g, frames, targets, how).await;
+        }
         let writes = g.plan.as_ref().is_none_or(|p| p.writes || p.unparsed);
         let bind = (!g.is_query).then(|| bind_rest(frames)).flatten();
         let split = match g

@@ -15,17 +15,21 @@
 //! with a plain COMMIT. Statements that cannot run in a transaction block (CREATE INDEX
 //! CONCURRENTLY, VACUUM, ...) are sent to each shard as they are, without that guarantee.
 //!
-//! Rows are gathered from all shards before they are sent (ordered merging and streaming come with
-//! the merge engine).
+//! A single SELECT over a sharded table is read from its shards side by side and merged as its
+//! rows come (`merged.rs`, `crate::merge`): ORDER BY, LIMIT/OFFSET, aggregates, HAVING, DISTINCT
+//! give what one database would. Other groups (writes, several statements) are gathered, then
+//! answered as one.
 
 //! Files: `groups.rs` (cutting a unit into groups, sending them, rewriting their frames per
-//! shard), `merge.rs` (answers of several shards into one), `commit.rs` (COMMIT/ROLLBACK over the
+//! shard), `merge.rs` (gathered answers of several shards into one), `merged.rs` (SELECTs merged
+//! as their rows come), `commit.rs` (COMMIT/ROLLBACK over the
 //! shards, two-phase commit), `copy.rs` (COPY FROM STDIN split by key).
 
 mod commit;
 mod copy;
 mod groups;
 mod merge;
+mod merged;
 
 pub(in crate::frontend::session) use copy::CopySplit;
 
