@@ -33,10 +33,18 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         )
         .build()
         .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))?;
-    let config: Config = built
+    let mut config: Config = built
         .try_deserialize()
         .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))?;
     validate(&config)?;
+    let (replicated, sharded) = std::mem::take(&mut config.tables)
+        .into_iter()
+        .partition::<Vec<_>, _>(|t| t.replicated);
+    config.tables = sharded;
+    config.replicated = replicated
+        .into_iter()
+        .map(|t| t.name.to_ascii_lowercase())
+        .collect();
     Ok(config)
 }
 
@@ -120,11 +128,20 @@ fn validate_tables(c: &Config) -> Result<(), ConfigError> {
                 format!("table \"{}\" is listed twice", t.name),
             ));
         }
-        if t.shard_key.trim().is_empty() {
+        if t.replicated && !t.shard_key.trim().is_empty() {
             return Err(ConfigError::invalid(
                 format!("{key}.shard_key"),
                 format!(
-                    "table \"{}\" needs the column its rows are sharded by",
+                    "table \"{}\" is replicated (every shard holds all of it): remove shard_key, or remove replicated = true to shard it",
+                    t.name
+                ),
+            ));
+        }
+        if !t.replicated && t.shard_key.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.shard_key"),
+                format!(
+                    "table \"{}\" needs the column its rows are sharded by (or replicated = true for a table every shard holds whole)",
                     t.name
                 ),
             ));
@@ -404,6 +421,24 @@ mod tests {
             "{two}\n[[tables]]\nname = \"t\"\nshard_key = \"id\"\nkey_type = \"money\"\n"
         ));
         assert!(e.contains("money") && e.contains("bigint"), "{e}");
+        // Replicated tables: no key, kept apart from the sharded ones.
+        let c = load_str(
+            &format!("{with_tables}\n[[tables]]\nname = \"Countries\"\nreplicated = true\n"),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(c.replicated, vec!["countries".to_string()]);
+        assert!(c.table("countries").is_none());
+        assert_eq!(c.tables.len(), 2);
+        let e = err(&format!(
+            "{two}\n[[tables]]\nname = \"c\"\nreplicated = true\nshard_key = \"id\"\n"
+        ));
+        assert!(
+            e.starts_with("tables[0].shard_key:") && e.contains("replicated"),
+            "{e}"
+        );
+        let e = err(&format!("{two}\n[[tables]]\nname = \"c\"\n"));
+        assert!(e.contains("replicated = true"), "{e}");
     }
 
     #[test]

@@ -20,19 +20,28 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub shards: Vec<ShardConfig>,
-    /// Sharded tables; tables not listed here are not sharded.
+    /// Sharded tables (after loading; `replicated = true` entries move to `replicated`); tables
+    /// not listed here are not sharded.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Tables every shard holds whole (`[[tables]] replicated = true`), lowercase: writes go to
+    /// every shard atomically, reads to any one.
+    #[serde(skip)]
+    pub replicated: Vec<String>,
 }
 
-/// A sharded table: its rows are spread over the shards by the hash of `shard_key`.
+/// A sharded table: its rows are spread over the shards by the hash of `shard_key`. (Or, with
+/// `replicated = true` and no key, a table every shard holds whole.)
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     pub name: String,
+    #[serde(default)]
     pub shard_key: String,
     #[serde(default)]
     pub key_type: crate::hash::KeyType,
+    #[serde(default)]
+    pub replicated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

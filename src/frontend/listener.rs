@@ -41,6 +41,8 @@ pub struct Worker {
     /// Merge plans of SELECT texts run over several shards, by exact text (a plan holds literal
     /// LIMITs and the rewritten shard query, so texts that share a routing plan differ here).
     pub merges: RefCell<HashMap<Box<[u8]>, Arc<crate::merge::MergeResult>>>,
+    /// Turns for spreading reads of replicated tables over the shards.
+    pub spread: std::cell::Cell<usize>,
 }
 
 /// Distinct statement shapes each worker keeps routing plans for.
@@ -149,6 +151,7 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                         )),
                         text_speeds: RefCell::new(HashMap::new()),
                         merges: RefCell::new(HashMap::new()),
+                        spread: std::cell::Cell::new(0),
                         shared,
                         sessions,
                     };

@@ -907,6 +907,7 @@ mod tests {
             name: "users".into(),
             shard_key: "id".into(),
             key_type: Default::default(),
+            replicated: false,
         }]
     }
 

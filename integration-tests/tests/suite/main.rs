@@ -18,6 +18,7 @@ mod sharding_atomicity;
 mod sharding_merge;
 mod sharding_migrations;
 mod sharding_placement;
+mod sharding_replicated;
 mod sharding_routing;
 mod smoke;
 mod twophase;
@@ -49,6 +50,7 @@ const MODULES: &[&[Test]] = &[
     replica_health::TESTS,
     twophase::TESTS,
     sharding_placement::TESTS,
+    sharding_replicated::TESTS,
     sharding_routing::TESTS,
     sharding_atomicity::TESTS,
     sharding_merge::TESTS,

@@ -31,6 +31,10 @@ key_type = "text"
 name = "devices"
 shard_key = "id"
 key_type = "uuid"
+
+[[tables]]
+name = "countries"
+replicated = true
 "#;
 
 /// A private cluster of `shards` shards (primary + one replica each), and a proxy over it with

@@ -29,6 +29,8 @@ pub(super) enum UnitRoute {
         shards: Shards,
         len: usize,
         query_plan: Option<Arc<Plan>>,
+        /// Every statement reads replicated tables only: any shard may answer.
+        spread: bool,
     },
     /// A statement of the unit cannot be routed: the client gets this error.
     Refused { error: SessionError, len: usize },
@@ -50,7 +52,7 @@ pub(super) enum UnitStep {
 impl Session {
     /// Routes the unit at the front of `buf` and, when it needs several shards, runs it.
     pub(super) async fn shard_unit(&mut self, buf: &[u8]) -> UnitStep {
-        let (shards, len, query_plan) = match self.route_unit(buf) {
+        let (shards, len, query_plan, spread) = match self.route_unit(buf) {
             UnitRoute::Incomplete => return UnitStep::More,
             UnitRoute::Refused { error, len } => {
                 if !self.pending.is_empty() {
@@ -72,7 +74,8 @@ impl Session {
                 shards,
                 len,
                 query_plan,
-            } => (shards, len, query_plan),
+                spread,
+            } => (shards, len, query_plan, spread),
         };
         let local = query_plan.as_ref().is_some_and(|p| p.local);
         // One shard (None: any), or a fan-out.
@@ -86,7 +89,13 @@ impl Session {
         let go = match (single, &self.multi) {
             (Some(target), None) => {
                 let held = self.backend.as_ref().map(|_| self.shard_idx);
-                let shard = target.or(held).unwrap_or_else(|| self.default_shard());
+                let shard = target.or(held).unwrap_or_else(|| {
+                    if spread && self.shard_pin.is_none() {
+                        self.spread_shard()
+                    } else {
+                        self.default_shard()
+                    }
+                });
                 held.is_none_or(|h| h == shard).then_some(shard)
             }
             // `SET shardgate.*` in a transaction over several shards: answered here.
@@ -156,6 +165,8 @@ impl Session {
         let mut off = 0;
         let mut last = 0;
         let mut shards = Shards::Any;
+        // Every Bind so far reads replicated tables only (None: no Bind yet).
+        let mut spread: Option<bool> = None;
         // Statements parsed in this unit, by name, for the Binds after them.
         let mut parsed: Vec<Parsed<'_>> = Vec::new();
         loop {
@@ -166,6 +177,7 @@ impl Session {
                         shards,
                         len: off,
                         query_plan: None,
+                        spread: false,
                     };
                 }
                 // Everything that arrived ends with an Execute: a client may wait for its answer
@@ -176,6 +188,7 @@ impl Session {
                         shards,
                         len: off,
                         query_plan: None,
+                        spread: spread.unwrap_or(false),
                     };
                 }
                 _ => return UnitRoute::Incomplete,
@@ -191,6 +204,7 @@ impl Session {
                         Ok(s) => UnitRoute::Go {
                             shards: s,
                             len: off,
+                            spread: reads_replicated(&plan),
                             query_plan: Some(plan),
                         },
                         Err(e) => UnitRoute::Refused { error: e, len: off },
@@ -206,7 +220,10 @@ impl Session {
                 }
                 fe::BIND => match fe::bind_statement(body) {
                     Ok((_, stmt, rest)) => match self.bound_statement(&parsed, stmt) {
-                        Some((plan, text)) => self.text_shards(&plan, text, Some(rest)),
+                        Some((plan, text)) => {
+                            spread = Some(spread.unwrap_or(true) && reads_replicated(&plan));
+                            self.text_shards(&plan, text, Some(rest))
+                        }
                         None => Ok(Shards::Any),
                     },
                     Err(_) => Ok(Shards::Any),
@@ -216,6 +233,7 @@ impl Session {
                         shards,
                         len: off,
                         query_plan: None,
+                        spread: spread.unwrap_or(false),
                     };
                 }
                 _ => Ok(Shards::Any),
@@ -306,6 +324,14 @@ impl Session {
             .unwrap_or(0)
     }
 
+    /// The next shard in turn for a read any shard can answer (replicated tables).
+    fn spread_shard(&self) -> usize {
+        let n = self.worker.shared.config.shards.len().max(1);
+        let next = self.worker.spread.get().wrapping_add(1);
+        self.worker.spread.set(next);
+        next % n
+    }
+
     /// Sets `SET shardgate.shard` / `shardgate.sharding_key` (None: reset), checked against the map.
     pub(super) fn set_shard_pin(&mut self, pin: Option<ShardHint>) -> Result<(), String> {
         if let Some(ShardHint::Shard(_)) = &pin {
@@ -360,4 +386,9 @@ fn unit_end(buf: &[u8], mut off: usize) -> usize {
             _ => return off,
         }
     }
+}
+
+/// A text whose statements all read replicated tables only.
+fn reads_replicated(plan: &Plan) -> bool {
+    !plan.shards.is_empty() && plan.shards.iter().all(|s| s.replicated_only)
 }

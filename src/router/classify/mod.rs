@@ -136,6 +136,8 @@ pub struct ClassifyOptions {
     pub sharding: bool,
     /// The sharded tables (`[[tables]]`).
     pub tables: Vec<TableConfig>,
+    /// Tables every shard holds whole (`[[tables]] replicated = true`), lowercase.
+    pub replicated: Vec<String>,
 }
 
 impl ClassifyOptions {
@@ -150,6 +152,7 @@ impl ClassifyOptions {
             // One shard holds every row: nothing to route by key.
             sharding: config.shards.len() > 1,
             tables: config.tables.clone(),
+            replicated: config.replicated.clone(),
         }
     }
 }
@@ -298,8 +301,11 @@ fn classify_text(sql: &str, opts: &ClassifyOptions, hint: Option<Hint>) -> Plan 
     for stmt in &statements {
         let class = statement(stmt, opts);
         if opts.sharding && (class.read || class.writes) {
-            plan.shards
-                .push(shard::plan_statement(stmt, sql, &opts.tables));
+            let mut p = shard::plan_statement(stmt, sql, &opts.tables);
+            p.replicated_only = matches!(p.scope, ShardScope::Unsharded)
+                && !p.write
+                && reads_replicated_only(stmt, &opts.replicated);
+            plan.shards.push(p);
         }
         plan.read &= class.read;
         plan.writes |= class.writes;
@@ -310,6 +316,42 @@ fn classify_text(sql: &str, opts: &ClassifyOptions, hint: Option<Hint>) -> Plan 
         plan.writes = true;
     }
     plan
+}
+
+/// Whether every table a statement names is a replicated one (and it names at least one).
+fn reads_replicated_only(stmt: &Statement, replicated: &[String]) -> bool {
+    if replicated.is_empty() {
+        return false;
+    }
+    struct Tables<'r> {
+        replicated: &'r [String],
+        any: bool,
+        other: bool,
+    }
+    impl Visitor for Tables<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+            let name =
+                r.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .unwrap_or_default();
+            if self.replicated.contains(&name) {
+                self.any = true;
+                ControlFlow::Continue(())
+            } else {
+                self.other = true;
+                ControlFlow::Break(())
+            }
+        }
+    }
+    let mut t = Tables {
+        replicated,
+        any: false,
+        other: false,
+    };
+    let _ = stmt.visit(&mut t);
+    t.any && !t.other
 }
 
 /// The classification of one statement.

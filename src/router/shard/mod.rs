@@ -97,6 +97,9 @@ pub struct ShardPlan {
     /// The keys are those of an INSERT's VALUES rows, one per row: rows for several shards must
     /// be split, not sent whole to each.
     pub insert_rows: bool,
+    /// A read of replicated tables only (`[[tables]] replicated = true`): any shard answers it,
+    /// so reads are spread over the shards.
+    pub replicated_only: bool,
 }
 
 impl ShardPlan {
@@ -110,6 +113,7 @@ impl ShardPlan {
             keyless_insert: false,
             unparsed_table: None,
             insert_rows: false,
+            replicated_only: false,
         }
     }
 }

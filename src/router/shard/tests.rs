@@ -8,16 +8,19 @@ fn tables() -> Vec<TableConfig> {
             name: "users".into(),
             shard_key: "id".into(),
             key_type: KeyType::Bigint,
+            replicated: false,
         },
         TableConfig {
             name: "orders".into(),
             shard_key: "user_id".into(),
             key_type: KeyType::Bigint,
+            replicated: false,
         },
         TableConfig {
             name: "events".into(),
             shard_key: "email".into(),
             key_type: KeyType::Text,
+            replicated: false,
         },
     ]
 }

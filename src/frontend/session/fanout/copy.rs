@@ -1,6 +1,7 @@
 //! `COPY table FROM STDIN` into a sharded table: one COPY per shard, each row sent to the shard
 //! its key hashes to, all in one transaction per shard committed together (two-phase commit), or
-//! in the client's own transaction block.
+//! in the client's own transaction block. Into a replicated (or unlisted) table: every row to
+//! every shard, the same way.
 
 use super::merge::write_frame;
 use super::*;
@@ -12,6 +13,8 @@ const COPY_FLUSH: usize = 256 * 1024;
 
 pub(in crate::frontend::session) struct CopySplit {
     splitter: RowSplitter,
+    /// Every row to every shard: the count is each shard's, not their sum.
+    every: bool,
     placer: Placer,
     /// The shards started the COPY in a transaction of shardgate's own.
     wrap: bool,
@@ -22,7 +25,8 @@ pub(in crate::frontend::session) struct CopySplit {
 
 /// Where each line of COPY data goes.
 struct Placer {
-    key_type: KeyType,
+    /// The shard key's type; None: every row goes to every shard (a replicated table).
+    key_type: Option<KeyType>,
     /// Each shard's index in `Multi::parts` (fixed while the COPY runs).
     part_of_shard: Vec<usize>,
     /// Lines for each part, from the current chunk.
@@ -39,10 +43,16 @@ impl Placer {
                     o.extend_from_slice(bytes);
                 }
             }
+            Line::Row { bytes, .. } if self.key_type.is_none() => {
+                for o in &mut self.out {
+                    o.extend_from_slice(bytes);
+                }
+            }
             Line::Row { key, bytes } => {
+                let key_type = self.key_type.expect("checked");
                 let placed = key
                     .ok_or_else(|| "a row's shard key is NULL or missing".to_string())
-                    .and_then(|k| ShardKey::from_text(self.key_type, &k).map_err(|e| e.to_string()))
+                    .and_then(|k| ShardKey::from_text(key_type, &k).map_err(|e| e.to_string()))
                     .map(|k| config.shard_index_for_hash(k.hash()));
                 match placed {
                     Ok(shard) => self.out[self.part_of_shard[shard]].extend_from_slice(bytes),
@@ -67,12 +77,11 @@ impl Session {
         c: CopyIn,
     ) -> Step {
         let n = self.worker.shared.config.shards.len();
-        let Some(table) = self.worker.shared.config.table(&c.table).cloned() else {
-            return Ok(Flow::Continue);
-        };
+        // None: a table every shard holds whole.
+        let table = self.worker.shared.config.table(&c.table).cloned();
         if c.binary {
             let e = SessionError::CrossShard(
-                "COPY ... FROM STDIN in binary format into a sharded table cannot be split by key; use text or csv format".into(),
+                "COPY ... FROM STDIN in binary format over several shards is not supported; use text or csv format".into(),
             );
             return self.copy_refused(&e).await;
         }
@@ -88,32 +97,12 @@ impl Session {
         {
             return self.copy_refused(&e).await;
         }
-        let columns = if c.columns.is_empty() {
-            let sql = format!(
-                "SELECT lower(attname) FROM pg_attribute WHERE attrelid = '{}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                c.table.replace('\'', "''")
-            );
-            let m = self.multi.as_mut().expect("parts exist");
-            match m.parts[0].conn.run_internal(&sql).await {
-                Ok(r) if r.error.is_none() => r
-                    .rows
-                    .into_iter()
-                    .filter_map(|row| row.into_iter().next().flatten())
-                    .collect(),
-                _ => Vec::new(),
-            }
-        } else {
-            c.columns.clone()
-        };
-        let Some(key) = columns
-            .iter()
-            .position(|col| col.eq_ignore_ascii_case(&table.shard_key))
-        else {
-            let e = SessionError::Route(crate::router::shard::RouteError::KeylessInsert {
-                table: table.name.clone(),
-                key: table.shard_key.clone(),
-            });
-            return self.copy_refused(&e).await;
+        let key = match &table {
+            None => 0,
+            Some(table) => match self.copy_key_column(&c, table).await {
+                Ok(key) => key,
+                Err(e) => return self.copy_refused(&e).await,
+            },
         };
         // The COPY on every shard; each answers CopyInResponse (or an error).
         let sql = String::from_utf8_lossy(text).into_owned();
@@ -141,8 +130,9 @@ impl Session {
         }
         self.copy_split = Some(Box::new(CopySplit {
             splitter: RowSplitter::new(&c, key),
+            every: table.is_none(),
             placer: Placer {
-                key_type: table.key_type,
+                key_type: table.as_ref().map(|t| t.key_type),
                 part_of_shard,
                 out: vec![BytesMut::new(); m.parts.len()],
                 bad: None,
@@ -151,6 +141,43 @@ impl Session {
             extended: frames.is_some(),
         }));
         Ok(Flow::Continue)
+    }
+
+    /// The position of the shard key among the COPY's columns (its column list, or the table's
+    /// columns read from the first shard).
+    async fn copy_key_column(
+        &mut self,
+        c: &CopyIn,
+        table: &crate::config::TableConfig,
+    ) -> Result<usize, SessionError> {
+        let columns = if c.columns.is_empty() {
+            let sql = format!(
+                "SELECT lower(attname) FROM pg_attribute WHERE attrelid = '{}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                c.table.replace('\'', "''")
+            );
+            let m = self.multi.as_mut().expect("parts exist");
+            match m.parts[0].conn.run_internal(&sql).await {
+                Ok(r) if r.error.is_none() => r
+                    .rows
+                    .into_iter()
+                    .filter_map(|row| row.into_iter().next().flatten())
+                    .collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            c.columns.clone()
+        };
+        let Some(key) = columns
+            .iter()
+            .position(|col| col.eq_ignore_ascii_case(&table.shard_key))
+        else {
+            let e = SessionError::Route(crate::router::shard::RouteError::KeylessInsert {
+                table: table.name.clone(),
+                key: table.shard_key.clone(),
+            });
+            return Err(e);
+        };
+        Ok(key)
     }
 
     /// The COPY could not start: the error, the transaction rolled back (or failed), ReadyForQuery.
@@ -266,6 +293,8 @@ impl Session {
                     (_, _, r) => r,
                 };
                 let explicit = !split.wrap;
+                let shards = self.multi.as_ref().map_or(1, |m| m.parts.len().max(1)) as u64;
+                let result = result.map(|total| if split.every { total / shards } else { total });
                 match result {
                     Ok(total) => {
                         if split.wrap

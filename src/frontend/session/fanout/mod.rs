@@ -182,8 +182,8 @@ impl Session {
             && let Some(c) = std::str::from_utf8(&g.text)
                 .ok()
                 .and_then(crate::router::shard::copy_in)
-            && self.worker.shared.config.table(&c.table).is_some()
         {
+            // Into a sharded table: split by key; into any other: every row to every shard.
             let frames = (!g.is_query).then(|| unit[g.start..g.end].to_vec());
             return self.start_copy_split(&g.text.clone(), frames, c).await;
         }
