@@ -87,13 +87,15 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let state_dir = cluster.root().join("state");
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    // A sharded table to try (`CREATE TABLE users (id bigint PRIMARY KEY, ...)` through the
-    // proxy creates it on every shard), and a decision log for transactions over shards.
+    // A sharded table and a replicated one to try (`CREATE TABLE users (id bigint PRIMARY KEY,
+    // ...)` through the proxy creates it on every shard), and a decision log for transactions
+    // over shards.
     let map = cluster.shard_map_toml(&opts.listen).replacen(
         "[proxy]",
         &format!("[proxy]\nstate_dir = {:?}", state_dir.display().to_string()),
         1,
-    ) + "\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\nkey_type = \"bigint\"\n";
+    ) + "\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\nkey_type = \"bigint\"\n"
+        + "\n[[tables]]\nname = \"countries\"\nreplicated = true\n";
     std::fs::write(&map_path, map).with_context(|| format!("writing {}", map_path.display()))?;
     let config = shardgate::config::load(&map_path)
         .with_context(|| format!("loading {}", map_path.display()))?;
