@@ -15,7 +15,7 @@ use super::groups::Group;
 use super::*;
 use crate::merge::plan::Column;
 use crate::merge::rows::{Cols, Field, Groups, MergeError, Shape, split_row};
-use crate::merge::{Merge, MergePlan, merge_plan};
+use crate::merge::{Merge, MergePlan, MergeResult, merge_plan};
 
 /// Bytes of rows queued for the client before the merge waits for the client to take them.
 const CLIENT_HIGH_WATER: usize = 256 * 1024;
@@ -27,7 +27,20 @@ const MERGE_CACHE_SIZE: usize = 1024;
 pub(super) enum HowMerge {
     /// The client's frames as sent; rows passed on shard after shard.
     Stream,
-    Plan(Arc<MergePlan>),
+    /// A merge plan (the cached [`MergeResult`] holds a `Merge::Plan`).
+    Plan(Arc<MergeResult>),
+}
+
+impl HowMerge {
+    fn plan(&self) -> Option<&MergePlan> {
+        match self {
+            HowMerge::Plan(m) => match m.as_ref() {
+                Ok(Merge::Plan(p)) => Some(p),
+                _ => None,
+            },
+            HowMerge::Stream => None,
+        }
+    }
 }
 
 /// What the client asked of a plan's Bind.
@@ -98,13 +111,13 @@ impl Session {
         };
         match merge.as_ref() {
             Err(refusal) => Err(SessionError::CrossShard(refusal.to_string())),
-            Ok(Merge::Plan(plan)) => {
+            Ok(Merge::Plan(_)) => {
                 if max_rows != 0 {
                     return Err(SessionError::CrossShard(
                         "fetching the rows of a merged query over several shards in parts (Execute with a row limit, a cursor's fetch size) is not supported; fetch them at once, or add a condition on the shard key".into(),
                     ));
                 }
-                Ok(Some(HowMerge::Plan(Arc::new(plan.clone()))))
+                Ok(Some(HowMerge::Plan(merge.clone())))
             }
             // Writes and partial fetches keep the gathering path (its counts and suspensions).
             Ok(Merge::Concat) if p.read && max_rows == 0 => Ok(Some(HowMerge::Stream)),
@@ -141,7 +154,7 @@ impl Session {
         how: &HowMerge,
     ) -> Result<bool, SessionError> {
         let writes = g.plan.as_ref().is_some_and(|p| p.writes);
-        if let HowMerge::Plan(plan) = how
+        if let Some(plan) = how.plan()
             && (!plan.order.is_empty() || plan.aggregate)
         {
             self.learn_collations(m, targets).await?;
@@ -160,12 +173,12 @@ impl Session {
         let sent: Result<(), SessionError> = async {
             for part in parts.iter_mut() {
                 let mut order = VecDeque::new();
-                match how {
-                    HowMerge::Stream => self.write_group(part, frames, &mut order, None)?,
-                    HowMerge::Plan(plan) if g.is_query => {
+                match how.plan() {
+                    None => self.write_group(part, frames, &mut order, None)?,
+                    Some(plan) if g.is_query => {
                         fe::write_query(&mut part.conn.wbuf, &plan.shard_sql);
                     }
-                    HowMerge::Plan(plan) => {
+                    Some(plan) => {
                         request = self.write_plan_request(part, frames, plan, &mut order)?;
                     }
                 }
@@ -266,8 +279,8 @@ impl Session {
                         reader.ready = true;
                         break;
                     }
-                    be::ROW_DESCRIPTION if after_bind && i == 0 => match how {
-                        HowMerge::Plan(plan) => {
+                    be::ROW_DESCRIPTION if after_bind && i == 0 => match how.plan() {
+                        Some(plan) => {
                             let s = fields_of(&body)
                                 .and_then(|f| Shape::new(plan, f, &request.client_formats));
                             if let Ok(s) = &s
@@ -278,7 +291,7 @@ impl Session {
                             }
                             shape = Some(s);
                         }
-                        HowMerge::Stream => merge::write_frame(&mut self.cout, tag, &body),
+                        None => merge::write_frame(&mut self.cout, tag, &body),
                     },
                     be::BIND_COMPLETE if i == 0 => {
                         after_bind = true;
@@ -308,11 +321,9 @@ impl Session {
                 .into());
             }
         }
-        match (&shape, how) {
-            (Some(s), HowMerge::Plan(_)) if !s.streams() => {
-                self.merge_groups(s, parts, readers).await
-            }
-            (s, _) => self.merge_streams(s.as_ref(), parts, readers).await,
+        match &shape {
+            Some(s) if !s.streams() => self.merge_groups(s, parts, readers).await,
+            s => self.merge_streams(s.as_ref(), parts, readers).await,
         }
     }
 
