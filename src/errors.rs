@@ -128,6 +128,9 @@ pub enum SessionError {
     CrossShard(String),
     #[error("the two-phase commit over shards failed: {0}")]
     TwoPhase(String),
+    /// A shard has no writable primary now.
+    #[error("shard {shard} has no writable primary now: {reason}")]
+    NoPrimary { shard: String, reason: String },
     /// The rows of several shards could not be merged.
     #[error("{0}")]
     Merge(#[from] crate::merge::rows::MergeError),
@@ -172,6 +175,7 @@ impl SessionError {
             SessionError::BadShardHint(_) => "22023",
             SessionError::CrossShard(_) => "0A000",
             SessionError::TwoPhase(_) => "40000",
+            SessionError::NoPrimary { .. } => "57P03",
             SessionError::Merge(e) => {
                 use crate::merge::rows::MergeError;
                 use crate::merge::value::ValueError;
@@ -212,6 +216,9 @@ impl SessionError {
                 Some("the transaction, if any, was rolled back; retry it")
             }
             SessionError::UnknownUser(_) => Some("add the user to [[users]] in the shard map"),
+            SessionError::NoPrimary { .. } => Some(
+                "retry the transaction; reads still work. If it lasts, check the shard's servers (SHOW shardgate.servers)",
+            ),
             SessionError::InvalidShardgateValue { allowed, .. } => Some(allowed),
             SessionError::UnknownShardgateSetting(_) => {
                 Some("shardgate answers SET/SHOW/RESET of: shardgate.target")

@@ -89,6 +89,8 @@ pub fn start(
     topology: Arc<Topology>,
     backend: BackendConfig,
     health: HealthConfig,
+    failover: crate::config::FailoverConfig,
+    fenced: Arc<crate::failover::Fenced>,
     decisions: Option<Arc<crate::twophase::DecisionLog>>,
 ) -> std::io::Result<HealthChecker> {
     let (stop, stop_rx) = watch::channel(false);
@@ -106,12 +108,26 @@ pub fn start(
                         tasks.push(tokio::spawn(resolve_in_doubt(
                             log.clone(),
                             shard.name.clone(),
-                            shard.primary.clone(),
+                            shard
+                                .primary()
+                                .unwrap_or_else(|| shard.servers().next().expect("servers"))
+                                .clone(),
                             backend.clone(),
                             health.interval,
                             stop_rx.clone(),
                         )));
                     }
+                }
+                for index in 0..topology.shards.len() {
+                    let watch = crate::failover::ShardWatch {
+                        topology: topology.clone(),
+                        index,
+                        backend: backend.clone(),
+                        health: health.clone(),
+                        failover: failover.clone(),
+                        fenced: fenced.clone(),
+                    };
+                    tasks.push(tokio::spawn(watch.run(stop_rx.clone())));
                 }
                 for shard in &topology.shards {
                     let history = Arc::new(WalHistory::default());
@@ -151,12 +167,13 @@ async fn watch_server(
         match result {
             Ok(p) => {
                 let was_up = server.is_up();
+                server.set_writable(!p.in_recovery);
                 server.probe_passed(p.lsn);
                 if !was_up {
                     info!(server = %server.addr, shard = %server.shard, "server passes its probes again; it takes traffic");
                 }
                 let now = Instant::now();
-                match server.role {
+                match server.role() {
                     Role::Primary => history.record(p.lsn, now),
                     Role::Replica => {
                         let bytes = history.latest().saturating_sub(p.lsn);

@@ -30,6 +30,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod errors;
+pub mod failover;
 pub mod frontend;
 pub mod hash;
 pub mod health;

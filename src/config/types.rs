@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
     pub shards: Vec<ShardConfig>,
     /// Sharded tables (after loading; `replicated = true` entries move to `replicated`); tables
     /// not listed here are not sharded.
@@ -197,6 +199,46 @@ impl Default for HealthConfig {
     }
 }
 
+/// What shardgate does when a shard's primary dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// Promote the most advanced healthy replica, repoint the others, fence the old primary.
+    Promote,
+    /// Never promote: writes go to whichever server reports `pg_is_in_recovery() = false`
+    /// (Patroni, repmgr or a cloud service promotes).
+    Follow,
+    /// Writes stay on the map's primary.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// Consecutive failed probes of a primary before it is declared down.
+    pub failover_after: u32,
+    /// How long new transactions of a shard wait for its new primary.
+    #[serde(deserialize_with = "duration")]
+    pub failover_timeout: Duration,
+    /// The role that promotes and repoints servers (superuser, or granted `pg_promote` and
+    /// `ALTER SYSTEM` on `primary_conninfo`); empty: `backend.user`.
+    pub user: String,
+    pub password: String,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Promote,
+            failover_after: 3,
+            failover_timeout: Duration::from_secs(30),
+            user: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
@@ -247,7 +289,7 @@ impl From<&str> for ServerSpec {
 }
 
 /// A validated server address of a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerAddr(pub SocketAddr);
 
 impl std::fmt::Display for ServerAddr {

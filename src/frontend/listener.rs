@@ -101,10 +101,17 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let workers = config.worker_count();
     let decisions = open_decision_log(&config.proxy.state_dir)?;
     let shared = Arc::new(Shared::new(config, decisions));
+    let state_dir = &shared.config.proxy.state_dir;
+    let fenced = Arc::new(crate::failover::Fenced::load(
+        (!state_dir.is_empty()).then(|| std::path::Path::new(state_dir)),
+        &shared.topology,
+    ));
     let health = crate::health::start(
         shared.topology.clone(),
         shared.config.backend.clone(),
         shared.config.health.clone(),
+        shared.config.failover.clone(),
+        fenced,
         shared.decisions.clone(),
     )?;
     let (shutdown, shutdown_rx) = watch::channel(false);

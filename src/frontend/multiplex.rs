@@ -275,7 +275,7 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
         server: conn.addr,
         reason: reason.clone(),
     };
-    let replica = mux.server.role == Role::Replica;
+    let replica = mux.server.role() == Role::Replica;
     if replica {
         mux.server.suspect();
     }

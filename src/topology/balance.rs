@@ -41,15 +41,14 @@ pub fn pick_read<'a>(
     read_from_primary: bool,
     ctx: &ReadContext,
 ) -> &'a Arc<ServerState> {
+    let primary = shard.primary();
     let primary_reads = read_from_primary
-        && shard.primary.weight > 0
-        && ctx.exclude != Some(shard.primary.addr)
-        && shard.primary.is_up();
+        && primary.is_some_and(|p| p.weight > 0 && ctx.exclude != Some(p.addr) && p.is_up());
     let eligible = |s: &&Arc<ServerState>| {
-        if Arc::ptr_eq(s, &shard.primary) {
+        if primary.is_some_and(|p| Arc::ptr_eq(s, p)) {
             primary_reads
         } else {
-            candidate(s, ctx)
+            !s.is_fenced() && candidate(s, ctx)
         }
     };
     let chosen = match mode {
@@ -57,7 +56,12 @@ pub fn pick_read<'a>(
         ReadBalance::LeastConnections => least_connections(shard, eligible),
         ReadBalance::Source => source(shard, ctx.client_ip, eligible),
     };
-    chosen.unwrap_or(&shard.primary)
+    // No candidate: the primary, always current; with none (a failover runs), any server that
+    // is not fenced (the read fails there as it would, or waits for nothing).
+    chosen
+        .or(primary)
+        .or_else(|| shard.servers().find(|s| !s.is_fenced() && s.is_up()))
+        .unwrap_or_else(|| shard.servers().next().expect("a shard has servers"))
 }
 
 fn round_robin(
@@ -162,30 +166,26 @@ mod tests {
     use super::*;
     use crate::topology::{Role, ServerState};
     use std::collections::HashMap;
-    use std::sync::atomic::AtomicUsize;
 
     fn addr(port: u16) -> ServerAddr {
         ServerAddr(format!("127.0.0.1:{port}").parse().unwrap())
     }
 
     fn shard(replica_weights: &[u32]) -> Shard {
-        Shard {
-            name: "s0".into(),
-            primary: Arc::new(ServerState::new(addr(5000), "s0", Role::Primary, 1)),
-            replicas: replica_weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    Arc::new(ServerState::new(
-                        addr(5001 + i as u16),
-                        "s0",
-                        Role::Replica,
-                        *w,
-                    ))
-                })
-                .collect(),
-            rotation: AtomicUsize::new(0),
-        }
+        let primary = Arc::new(ServerState::new(addr(5000), "s0", Role::Primary, 1));
+        let replicas = replica_weights.iter().enumerate().map(|(i, w)| {
+            Arc::new(ServerState::new(
+                addr(5001 + i as u16),
+                "s0",
+                Role::Replica,
+                *w,
+            ))
+        });
+        Shard::new("s0", std::iter::once(primary).chain(replicas).collect())
+    }
+
+    fn replica(s: &Shard, i: usize) -> &Arc<ServerState> {
+        s.replicas().nth(i).expect("a replica")
     }
 
     fn ctx(ip: &str) -> ReadContext {
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn no_candidate_means_primary() {
         let s = shard(&[1, 1]);
-        for r in &s.replicas {
+        for r in s.replicas() {
             r.probe_failed(1);
         }
         for mode in [
@@ -235,7 +235,7 @@ mod tests {
                 5000
             );
         }
-        s.replicas[1].probe_passed(0);
+        replica(&s, 1).probe_passed(0);
         let c = counts(&s, ReadBalance::RoundRobin, false, 10);
         assert_eq!(
             c.get(&5002),
@@ -247,12 +247,12 @@ mod tests {
     #[test]
     fn lagging_and_behind_replicas_are_skipped() {
         let s = shard(&[1, 1]);
-        s.replicas[0].set_lag(100, 0, true);
+        replica(&s, 0).set_lag(100, 0, true);
         let c = counts(&s, ReadBalance::RoundRobin, false, 10);
         assert_eq!(c.get(&5002), Some(&10));
-        s.replicas[0].set_lag(0, 0, false);
-        s.replicas[0].probe_passed(500);
-        s.replicas[1].probe_passed(100);
+        replica(&s, 0).set_lag(0, 0, false);
+        replica(&s, 0).probe_passed(500);
+        replica(&s, 1).probe_passed(100);
         let mut c = ctx("10.0.0.1");
         c.min_lsn = 300;
         for _ in 0..10 {
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn least_connections_avoids_the_busy_one() {
         let s = shard(&[1, 1]);
-        let _long = s.replicas[0].enter();
+        let _long = replica(&s, 0).enter();
         let c = counts(&s, ReadBalance::LeastConnections, false, 20);
         assert_eq!(c.get(&5002), Some(&20));
         let c = counts(&s, ReadBalance::LeastConnections, true, 20);
@@ -320,7 +320,7 @@ mod tests {
             let n = before.iter().filter(|x| **x == p).count();
             assert!((40..=95).contains(&n), "{p} got {n} of 200");
         }
-        s.replicas[1].probe_failed(1);
+        replica(&s, 1).probe_failed(1);
         for (ip, port) in ips.iter().zip(&before) {
             let now = pick_read(&s, ReadBalance::Source, false, &ctx(ip))
                 .addr

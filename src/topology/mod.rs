@@ -9,18 +9,22 @@ pub mod balance;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
 use crate::config::{Config, ServerAddr, ServerSpec, resolve};
 
-/// A server's role in its shard, as the shard map says.
+/// A server's role in its shard: as the shard map says at first, then as failover and the
+/// probes establish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Primary,
     Replica,
 }
+
+const PRIMARY: u8 = 0;
+const REPLICA: u8 = 1;
 
 impl Role {
     pub fn as_str(self) -> &'static str {
@@ -36,7 +40,15 @@ impl Role {
 pub struct ServerState {
     pub addr: ServerAddr,
     pub shard: String,
-    pub role: Role,
+    /// [`Role`], changed by failover.
+    role: AtomicU8,
+    /// A former primary replaced by failover: it gets no client traffic (only probes) until the
+    /// shard map changes, and needs to be rebuilt as a replica.
+    fenced: AtomicBool,
+    /// Its last passed probe found it out of recovery (it takes writes).
+    writable: AtomicBool,
+    /// It has been probed at least once (passed or failed).
+    probed: AtomicBool,
     /// Share of reads relative to the shard's other servers; 0 = never reads.
     pub weight: u32,
     /// Passed its last probes (or has not failed `ban_after` in a row yet).
@@ -61,7 +73,13 @@ impl ServerState {
         ServerState {
             addr,
             shard: shard.to_string(),
-            role,
+            role: AtomicU8::new(match role {
+                Role::Primary => PRIMARY,
+                Role::Replica => REPLICA,
+            }),
+            fenced: AtomicBool::new(false),
+            writable: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
             weight,
             up: AtomicBool::new(true),
             lagging: AtomicBool::new(false),
@@ -74,6 +92,42 @@ impl ServerState {
         }
     }
 
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
+            PRIMARY => Role::Primary,
+            _ => Role::Replica,
+        }
+    }
+
+    pub fn set_role(&self, role: Role) {
+        let v = match role {
+            Role::Primary => PRIMARY,
+            Role::Replica => REPLICA,
+        };
+        self.role.store(v, Ordering::Relaxed);
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Replaced by failover: no more client traffic.
+    pub fn fence(&self) {
+        self.fenced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    pub fn set_writable(&self, writable: bool) {
+        self.writable.store(writable, Ordering::Relaxed);
+    }
+
+    pub fn probed(&self) -> bool {
+        self.probed.load(Ordering::Relaxed)
+    }
+
     /// Not banned by failed probes.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -83,9 +137,9 @@ impl ServerState {
         self.lagging.load(Ordering::Relaxed)
     }
 
-    /// May take reads now: up, not lagging, with a weight.
+    /// May take reads now: up, not lagging, with a weight, not fenced.
     pub fn takes_reads(&self) -> bool {
-        self.weight > 0 && self.is_up() && !self.is_lagging()
+        self.weight > 0 && self.is_up() && !self.is_lagging() && !self.is_fenced()
     }
 
     /// Replayed (replica) or written (primary) WAL position, as of the last probe.
@@ -117,6 +171,7 @@ impl ServerState {
 
     /// A probe passed: the server is admitted again.
     pub fn probe_passed(&self, lsn: u64) {
+        self.probed.store(true, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         self.up.store(true, Ordering::Relaxed);
         self.lsn.fetch_max(lsn, Ordering::Relaxed);
@@ -125,6 +180,8 @@ impl ServerState {
     /// A probe failed; after `ban_after` in a row the server gets no new traffic. Returns whether
     /// this failure banned it.
     pub fn probe_failed(&self, ban_after: u32) -> bool {
+        self.probed.store(true, Ordering::Relaxed);
+        self.writable.store(false, Ordering::Relaxed);
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         n >= ban_after && self.up.swap(false, Ordering::Relaxed)
     }
@@ -159,20 +216,97 @@ impl Drop for BusyGuard {
     }
 }
 
+/// `Shard::primary` when no server takes writes now.
+const NO_PRIMARY: usize = usize::MAX;
+
 /// One shard's servers.
 #[derive(Debug)]
 pub struct Shard {
     pub name: String,
-    pub primary: Arc<ServerState>,
-    pub replicas: Vec<Arc<ServerState>>,
+    /// Every server of the shard, as the map lists them (its `primary` first).
+    servers: Vec<Arc<ServerState>>,
+    /// Which of `servers` takes writes now; [`NO_PRIMARY`] while a failover runs or when the
+    /// writable one cannot be told (split brain).
+    primary: AtomicUsize,
+    /// Two writable servers and no way to tell the legitimate one: writes are refused.
+    split_brain: AtomicBool,
+    /// Wakes sessions waiting for a primary when one is set.
+    pub primary_changed: Notify,
+    /// Failovers done.
+    failovers: AtomicU64,
     /// Rotation counter for `round_robin` (and for breaking ties in `least_connections`).
     pub rotation: AtomicUsize,
 }
 
 impl Shard {
-    /// The primary, then the replicas.
+    /// A shard of `servers` whose first takes writes.
+    pub fn new(name: &str, servers: Vec<Arc<ServerState>>) -> Shard {
+        Shard {
+            name: name.to_string(),
+            servers,
+            primary: AtomicUsize::new(0),
+            split_brain: AtomicBool::new(false),
+            primary_changed: Notify::new(),
+            failovers: AtomicU64::new(0),
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every server: the map's primary first, then its replicas.
     pub fn servers(&self) -> impl Iterator<Item = &Arc<ServerState>> {
-        std::iter::once(&self.primary).chain(self.replicas.iter())
+        self.servers.iter()
+    }
+
+    /// The server that takes writes now, if any.
+    pub fn primary(&self) -> Option<&Arc<ServerState>> {
+        self.servers.get(self.primary.load(Ordering::Acquire))
+    }
+
+    /// The servers that follow the primary now (fenced ones excluded).
+    pub fn replicas(&self) -> impl Iterator<Item = &Arc<ServerState>> {
+        let primary = self.primary.load(Ordering::Acquire);
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(move |(i, s)| *i != primary && !s.is_fenced())
+            .map(|(_, s)| s)
+    }
+
+    pub fn has_replicas(&self) -> bool {
+        self.replicas().next().is_some()
+    }
+
+    /// Makes `server` the shard's primary (and every other server a replica), and wakes the
+    /// sessions waiting for one.
+    pub fn set_primary(&self, server: &Arc<ServerState>) {
+        for (i, s) in self.servers.iter().enumerate() {
+            if Arc::ptr_eq(s, server) {
+                s.set_role(Role::Primary);
+                self.primary.store(i, Ordering::Release);
+            } else {
+                s.set_role(Role::Replica);
+            }
+        }
+        self.split_brain.store(false, Ordering::Release);
+        self.primary_changed.notify_waiters();
+    }
+
+    /// No server takes writes now (a failover runs); `split_brain`: because two claim to.
+    pub fn clear_primary(&self, split_brain: bool) {
+        self.primary.store(NO_PRIMARY, Ordering::Release);
+        self.split_brain.store(split_brain, Ordering::Release);
+    }
+
+    pub fn count_failover(&self) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    pub fn is_split_brain(&self) -> bool {
+        self.split_brain.load(Ordering::Acquire)
     }
 }
 
@@ -196,15 +330,11 @@ impl Topology {
         let shards = config
             .shards
             .iter()
-            .map(|s| Shard {
-                name: s.name.clone(),
-                primary: server(&s.primary, &s.name, Role::Primary),
-                replicas: s
-                    .replicas
-                    .iter()
-                    .map(|r| server(r, &s.name, Role::Replica))
-                    .collect(),
-                rotation: AtomicUsize::new(0),
+            .map(|s| {
+                let servers = std::iter::once(server(&s.primary, &s.name, Role::Primary))
+                    .chain(s.replicas.iter().map(|r| server(r, &s.name, Role::Replica)))
+                    .collect();
+                Shard::new(&s.name, servers)
             })
             .collect();
         Topology { shards, by_addr }

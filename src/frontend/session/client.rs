@@ -266,7 +266,7 @@ impl Session {
             && self.pending.is_empty()
             && self.deferred_begin.is_none()
             && !self.default_read_only()
-            && (self.sharding || !self.worker.shared.topology.shards[0].replicas.is_empty())
+            && (self.sharding || self.worker.shared.topology.shards[0].has_replicas())
             && single_statement(text)
     }
 

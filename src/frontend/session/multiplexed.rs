@@ -104,7 +104,7 @@ impl Session {
             }
         }
         // Kept until the answer starts, to go to another server if this one fails first.
-        if server.role == crate::topology::Role::Replica {
+        if server.role() == crate::topology::Role::Replica {
             self.retry.arm(server.addr);
             if !self.retry.record(fe::QUERY, &buf[..len]) {
                 self.disarm_retry();
@@ -235,7 +235,7 @@ impl Session {
             }
             Err(e) => {
                 debug!(error = %e, "no connection to multiplex on");
-                if server.role == crate::topology::Role::Replica {
+                if server.role() == crate::topology::Role::Replica {
                     server.suspect();
                 }
                 best

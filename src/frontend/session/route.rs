@@ -9,6 +9,7 @@
 //! arriving behind reads on a replica waits for that connection to be given back.
 
 use super::*;
+use crate::config::FailoverMode;
 use crate::topology::Role;
 
 /// `SET shardgate.target`.
@@ -253,12 +254,16 @@ impl Session {
                 .is_some_and(|b| b.tx_status == be::TX_IDLE)
     }
 
+    /// The first shard's primary now (its map primary while a failover runs).
     pub(super) fn primary_addr(&self) -> ServerAddr {
-        self.worker.shared.topology.shards[0].primary.addr
+        let s = &self.worker.shared.topology.shards[0];
+        s.primary()
+            .unwrap_or_else(|| s.servers().next().expect("a shard has servers"))
+            .addr
     }
 
     pub(super) fn held_role(&self) -> Option<Role> {
-        self.held.as_ref().map(|g| g.server().role)
+        self.held.as_ref().map(|g| g.server().role())
     }
 
     /// The server a request that wants `want` goes to now, on the unit's shard.
@@ -275,7 +280,12 @@ impl Session {
     ) -> Arc<ServerState> {
         let s = &self.worker.shared.topology.shards[shard];
         match want {
-            Want::Primary => s.primary.clone(),
+            // While a failover runs there is none: the map's first server, which fails as the
+            // dead primary would (`checkout` waits for the new one first).
+            Want::Primary => s
+                .primary()
+                .unwrap_or_else(|| s.servers().next().expect("a shard has servers"))
+                .clone(),
             Want::Read => {
                 let routing = &self.worker.shared.config.routing;
                 let ctx = crate::topology::balance::ReadContext {
@@ -304,6 +314,9 @@ impl Session {
         let mut exclude = self.retry.exclude.take();
         let mut retried = false;
         let mut chosen = self.chosen.take().filter(|_| want == Want::Read);
+        if want == Want::Primary {
+            self.wait_for_primary(self.unit_shard, None).await?;
+        }
         loop {
             let server = match chosen.take() {
                 Some(s) => s,
@@ -319,7 +332,7 @@ impl Session {
                     }));
                     self.unnamed_on = None;
                     self.backend = Some(conn);
-                    let replica_read = server.role == Role::Replica && want == Want::Read;
+                    let replica_read = server.role() == Role::Replica && want == Want::Read;
                     self.held = Some(server.enter());
                     if replica_read && self.pending.is_empty() {
                         self.retry.arm(server.addr);
@@ -328,7 +341,20 @@ impl Session {
                 }
                 Err(e) => {
                     let unreachable = matches!(e, SessionError::BackendUnavailable { .. });
-                    if unreachable && server.role == Role::Replica {
+                    if unreachable
+                        && want == Want::Primary
+                        && !retried
+                        && self.worker.shared.config.failover.mode != FailoverMode::Off
+                    {
+                        // The primary may be dying: wait for the failover rather than fail.
+                        server.suspect();
+                        debug!(server = %server.addr, error = %e, "primary unreachable: waiting for a failover");
+                        retried = true;
+                        self.wait_for_primary(self.unit_shard, Some(server.addr))
+                            .await?;
+                        continue;
+                    }
+                    if unreachable && server.role() == Role::Replica {
                         server.suspect();
                         if !retried {
                             debug!(server = %server.addr, error = %e, "replica unreachable: the read goes to another server");
@@ -339,6 +365,46 @@ impl Session {
                     }
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Waits until `shard` has a writable primary (other than `not`, a server just found dead),
+    /// up to `failover.failover_timeout`; a split brain fails at once. 57P03 when there is none.
+    pub(super) async fn wait_for_primary(
+        &self,
+        shard: usize,
+        not: Option<ServerAddr>,
+    ) -> Result<(), SessionError> {
+        let s = &self.worker.shared.topology.shards[shard];
+        let failover = &self.worker.shared.config.failover;
+        if failover.mode == FailoverMode::Off {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + failover.failover_timeout;
+        loop {
+            let changed = s.primary_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if s.is_split_brain() {
+                return Err(SessionError::NoPrimary {
+                    shard: s.name.clone(),
+                    reason: "several of its servers accept writes (split brain); writes are refused until only one does, reads go on".into(),
+                });
+            }
+            if let Some(p) = s.primary()
+                && Some(p.addr) != not
+            {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(SessionError::NoPrimary {
+                    shard: s.name.clone(),
+                    reason: format!(
+                        "no server took over within failover.failover_timeout ({:?})",
+                        failover.failover_timeout
+                    ),
+                });
             }
         }
     }
@@ -393,9 +459,7 @@ impl Session {
     fn tracks_writes(&self) -> bool {
         self.worker.shared.config.routing.read_your_writes
             && self.held_role() == Some(Role::Primary)
-            && !self.worker.shared.topology.shards[self.shard_idx]
-                .replicas
-                .is_empty()
+            && self.worker.shared.topology.shards[self.shard_idx].has_replicas()
     }
 
     /// Whether the statement with this plan, just sent, ends a write transaction: COMMIT of a

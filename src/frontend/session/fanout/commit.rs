@@ -217,11 +217,7 @@ impl Session {
         }
         for &i in which {
             let p = &mut m.parts[i];
-            if self.worker.shared.topology.shards[p.shard]
-                .replicas
-                .is_empty()
-                || p.conn.broken
-            {
+            if !self.worker.shared.topology.shards[p.shard].has_replicas() || p.conn.broken {
                 continue;
             }
             if let Ok(r) = p

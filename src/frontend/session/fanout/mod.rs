@@ -379,6 +379,9 @@ impl Session {
             {
                 continue;
             }
+            if want == route::Want::Primary {
+                self.wait_for_primary(shard, None).await?;
+            }
             let server = self.pick_server_on(shard, want, None);
             let mut conn = self.checkout_conn(shard, server.addr).await?;
             // The BEGIN goes out with the part's first request; its answer is read then (`settle`).
