@@ -85,6 +85,9 @@ impl Fenced {
     }
 }
 
+/// How often a shard's probe results are looked at (at most the probe interval).
+const TICK: Duration = Duration::from_millis(100);
+
 /// What the failover of one shard needs.
 pub struct ShardWatch {
     pub topology: Arc<Topology>,
@@ -108,9 +111,12 @@ impl ShardWatch {
         // The server shardgate knows to be the legitimate primary (promote mode).
         let mut legit: Option<Arc<ServerState>> = self.shard().primary().cloned();
         let mut discovered = false;
+        // The probes run every interval; looking at their results is cheap (atomics), so it is
+        // done more often: a change is acted on at most TICK after the probe that saw it.
+        let tick = self.health.interval.min(TICK);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.health.interval) => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => return,
             }
             if !discovered {
@@ -124,7 +130,17 @@ impl ShardWatch {
             }
             match self.failover.mode {
                 FailoverMode::Follow => self.follow(),
-                FailoverMode::Promote => legit = self.promote_mode(legit).await,
+                FailoverMode::Promote => {
+                    legit = self.promote_mode(legit).await;
+                    if legit.is_none() {
+                        // No promotion was possible: try again after a probe interval, not at
+                        // every tick.
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.health.interval) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                }
                 FailoverMode::Off => return,
             }
         }
@@ -359,10 +375,12 @@ impl ShardWatch {
     }
 }
 
-/// A libpq conninfo string (`key=value` pairs, values possibly quoted) with `host` and `port`
-/// set to `addr` (hostaddr dropped).
+/// A libpq conninfo string (`key=value` pairs, values possibly quoted) pointed at `addr`: `port`
+/// set to its port; `host` set to its IP address, unless the host is a unix socket directory (a
+/// path), which is kept (servers on one machine replicate over their sockets), `hostaddr` dropped.
 pub fn with_host_port(conninfo: &str, addr: ServerAddr) -> String {
     let mut out: Vec<String> = Vec::new();
+    let mut socket_dir: Option<String> = None;
     let mut rest = conninfo.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
@@ -395,6 +413,10 @@ pub fn with_host_port(conninfo: &str, addr: ServerAddr) -> String {
             value = rest[..end].to_string();
             rest = rest[end..].trim_start();
         }
+        if key == "host" && value.starts_with('/') {
+            socket_dir = Some(value);
+            continue;
+        }
         if matches!(key.as_str(), "host" | "port" | "hostaddr") {
             continue;
         }
@@ -403,7 +425,10 @@ pub fn with_host_port(conninfo: &str, addr: ServerAddr) -> String {
             value.replace('\\', "\\\\").replace('\'', "\\'")
         ));
     }
-    out.push(format!("host='{}'", addr.0.ip()));
+    match socket_dir {
+        Some(dir) => out.push(format!("host='{dir}'")),
+        None => out.push(format!("host='{}'", addr.0.ip())),
+    }
     out.push(format!("port='{}'", addr.0.port()));
     out.join(" ")
 }
@@ -423,5 +448,8 @@ mod tests {
         assert!(c.contains("passfile='/var/lib/x y/.pgpass'"), "{c}");
         assert!(c.ends_with("host='127.0.0.1' port='6000'"), "{c}");
         assert!(!c.contains("5433"), "{c}");
+        // Over a unix socket directory: the directory stays, the port changes.
+        let c = with_host_port("user=postgres host=/tmp/x/sockets port=5433", addr);
+        assert_eq!(c, "user='postgres' host='/tmp/x/sockets' port='6000'");
     }
 }

@@ -201,9 +201,13 @@ async fn watch_server(
                 }
             }
         }
+        // A session's suspicion brings the next probe forward; after a failed probe the next
+        // waits the whole interval, so `ban_after` and `failover_after` failures in a row span
+        // that many intervals (a restart of a second or two does not look like a dead server).
+        let failing = server.failures() > 0;
         tokio::select! {
             _ = tokio::time::sleep(health.interval) => {}
-            _ = server.probe_now.notified() => {}
+            _ = server.probe_now.notified(), if !failing => {}
             _ = stop.changed() => return,
         }
     }

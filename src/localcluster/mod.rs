@@ -107,7 +107,8 @@ impl ClusterError {
 pub struct ClusterSpec {
     pub shards: usize,
     pub replicas_per_shard: usize,
-    /// Synchronous replication. Not supported yet: must be false.
+    /// Synchronous replication: every server gets `synchronous_standby_names = 'ANY 1 (*)'`, so a
+    /// commit waits for one replica (also after a failover, on the new primary). Needs replicas.
     pub synchronous: bool,
 }
 
@@ -118,9 +119,9 @@ impl ClusterSpec {
                 "shards must be at least 1".into(),
             ));
         }
-        if self.synchronous {
+        if self.synchronous && self.replicas_per_shard == 0 {
             return Err(ClusterError::InvalidSpec(
-                "synchronous replication is not supported yet; set synchronous = false".into(),
+                "synchronous replication needs replicas_per_shard >= 1".into(),
             ));
         }
         Ok(())
@@ -241,10 +242,23 @@ impl LocalCluster {
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(cluster),
+        if let Some(e) = first_error {
+            return Err(e);
         }
+        if spec.synchronous {
+            for shard in &cluster.shards {
+                for i in shard.instances() {
+                    i.psql(
+                        "postgres",
+                        &[
+                            "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'",
+                            "SELECT pg_reload_conf()",
+                        ],
+                    )?;
+                }
+            }
+        }
+        Ok(cluster)
     }
 
     pub fn shards(&self) -> &[Shard] {
@@ -679,9 +693,15 @@ replicas = []
         ));
         let sync = ClusterSpec {
             synchronous: true,
-            ..ok
+            ..ok.clone()
         };
         assert!(matches!(sync.validate(), Err(ClusterError::InvalidSpec(_))));
+        let sync = ClusterSpec {
+            synchronous: true,
+            replicas_per_shard: 1,
+            ..ok
+        };
+        assert!(sync.validate().is_ok());
     }
 
     #[test]

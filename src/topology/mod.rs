@@ -257,9 +257,11 @@ impl Shard {
         self.servers.iter()
     }
 
-    /// The server that takes writes now, if any.
+    /// The server that takes writes now, if any (never a fenced one).
     pub fn primary(&self) -> Option<&Arc<ServerState>> {
-        self.servers.get(self.primary.load(Ordering::Acquire))
+        self.servers
+            .get(self.primary.load(Ordering::Acquire))
+            .filter(|s| !s.is_fenced())
     }
 
     /// The servers that follow the primary now (fenced ones excluded).
@@ -342,6 +344,33 @@ impl Topology {
 
     pub fn server(&self, addr: ServerAddr) -> Option<&Arc<ServerState>> {
         self.by_addr.get(&addr)
+    }
+
+    /// One line per server: shard, address, role and state (`SHOW shardgate.servers`).
+    pub fn report(&self) -> String {
+        let mut lines = Vec::new();
+        for shard in &self.shards {
+            for s in shard.servers() {
+                let role = if s.is_fenced() {
+                    "fenced (replaced by failover: rebuild it as a replica, then change the shard map)"
+                } else if shard.primary().is_some_and(|p| Arc::ptr_eq(p, s)) {
+                    "primary"
+                } else if shard.is_split_brain() && s.is_writable() {
+                    "writable (split brain: writes refused)"
+                } else {
+                    "replica"
+                };
+                let health = if s.is_up() { "up" } else { "down" };
+                lines.push(format!(
+                    "{} {} {role} {health} lag_bytes={} failovers={}",
+                    shard.name,
+                    s.addr,
+                    s.lag_bytes(),
+                    shard.failovers()
+                ));
+            }
+        }
+        lines.join("\n")
     }
 
     /// Every server once.

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod balancing;
+mod failover;
 mod harness;
 mod multiplexing;
 mod pooling;
@@ -37,6 +38,7 @@ use harness::{Ctx, Test};
 const MODULES: &[&[Test]] = &[
     harness::TESTS,
     smoke::TESTS,
+    failover::TESTS,
     wire::TESTS,
     wire_copy::TESTS,
     wire_messages::TESTS,
@@ -58,6 +60,13 @@ const MODULES: &[&[Test]] = &[
 ];
 
 fn main() {
+    // SHARDGATE_LOG=info (or debug, ...) shows the in-process proxies' logs.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = Arguments::from_args();
     let ctx = Arc::new(Ctx::default());
     ctx.stop_clusters_on_signal();

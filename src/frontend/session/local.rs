@@ -177,6 +177,7 @@ impl Session {
                     ("shard", Some(ShardHint::Shard(s))) => s.clone(),
                     ("sharding_key", Some(ShardHint::Key(k))) => k.clone(),
                     ("shard" | "sharding_key", _) => String::new(),
+                    ("servers", _) => self.worker.shared.topology.report(),
                     _ => return Err(SessionError::UnknownShardgateSetting(name)),
                 };
                 Ok(Outcome::Show {
