@@ -95,7 +95,9 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         &format!("[proxy]\nstate_dir = {:?}", state_dir.display().to_string()),
         1,
     ) + "\n[[tables]]\nname = \"users\"\nshard_key = \"id\"\nkey_type = \"bigint\"\n"
-        + "\n[[tables]]\nname = \"countries\"\nreplicated = true\n";
+        + "\n[[tables]]\nname = \"countries\"\nreplicated = true\n"
+        // Promotion and repointing need a superuser.
+        + "\n[failover]\nuser = \"postgres\"\npassword = \"postgres\"\n";
     std::fs::write(&map_path, map).with_context(|| format!("writing {}", map_path.display()))?;
     let config = shardgate::config::load(&map_path)
         .with_context(|| format!("loading {}", map_path.display()))?;

@@ -16,6 +16,7 @@ use crate::sharded::rows;
 
 tests![
     a_killed_primary_fails_over_without_losing_acknowledged_writes,
+    a_failover_does_not_disturb_other_shards,
     asynchronous_replication_shows_what_a_failover_can_lose,
     follow_mode_moves_writes_to_a_server_promoted_outside,
     split_brain_refuses_writes_and_keeps_reads,
@@ -30,8 +31,18 @@ fn setup(
     synchronous: bool,
     mode: &str,
 ) -> anyhow::Result<(LocalCluster, ProxyUnderTest, tempfile::TempDir, String)> {
+    setup_shards(ctx, 1, replicas, synchronous, mode)
+}
+
+fn setup_shards(
+    ctx: &Ctx,
+    shards: usize,
+    replicas: usize,
+    synchronous: bool,
+    mode: &str,
+) -> anyhow::Result<(LocalCluster, ProxyUnderTest, tempfile::TempDir, String)> {
     let mut cluster = ctx.start_cluster(&ClusterSpec {
-        shards: 1,
+        shards,
         replicas_per_shard: replicas,
         synchronous,
     })?;
@@ -50,7 +61,7 @@ fn setup(
         "state_dir",
         &format!("\"{}\"", state.path().display()),
     ) + &format!(
-        "\n[failover]\nmode = \"{mode}\"\nuser = \"postgres\"\npassword = \"postgres\"\n"
+        "\n[failover]\nmode = \"{mode}\"\nuser = \"postgres\"\npassword = \"postgres\"\n\n[[tables]]\nname = \"kv\"\nshard_key = \"id\"\n"
     );
     let proxy = ctx.start_proxy(&map)?;
     Ok((cluster, proxy, state, map))
@@ -376,6 +387,72 @@ fn a_killed_primary_fails_over_without_losing_acknowledged_writes(ctx: &Ctx) -> 
             .clone()
             .unwrap_or_default();
         assert!(old_line(&report).contains("fenced"), "{report}");
+        Ok(())
+    })
+}
+
+/// Two shards: while shard 0 fails over, a client writing keys of shard 1 sees no error and no
+/// wait.
+fn a_failover_does_not_disturb_other_shards(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let (mut cluster, proxy, _state, map) = setup_shards(ctx, 2, 1, false, "promote")?;
+        let config = shardgate::config::load_str(&map, "test map")?;
+        let on_shard_1: Vec<i64> = (1i64..)
+            .filter(|k| {
+                let key = shardgate::hash::ShardKey::from_text(
+                    shardgate::hash::KeyType::Bigint,
+                    &k.to_string(),
+                )
+                .expect("a key");
+                config.shard_index_for_hash(key.hash()) == 1
+            })
+            .take(5000)
+            .collect();
+        let c = proxy.client().await?;
+        c.batch_execute("CREATE TABLE kv (id bigint PRIMARY KEY, v int)")
+            .await?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (url, stop) = (proxy.url(), stop.clone());
+            tokio::spawn(async move {
+                let c = connect(&url).await?;
+                let mut slowest = Duration::ZERO;
+                let mut n = 0;
+                for k in on_shard_1 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let t = Instant::now();
+                    c.execute("INSERT INTO kv (id, v) VALUES ($1, 1)", &[&k])
+                        .await?;
+                    slowest = slowest.max(t.elapsed());
+                    n += 1;
+                }
+                anyhow::Ok((n, slowest))
+            })
+        };
+        cluster.shards_mut()[0].primary.kill9();
+        let killed = Instant::now();
+        wait_until("shard 0 to fail over", Duration::from_secs(30), || async {
+            rows(&c, "SHOW shardgate.servers")
+                .await
+                .is_ok_and(|r| r[0][0].as_deref().is_some_and(|t| t.contains("fenced")))
+        })
+        .await?;
+        wait_until(
+            "a second more of writes",
+            Duration::from_secs(5),
+            || async { killed.elapsed() > Duration::from_secs(3) },
+        )
+        .await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (n, slowest) = writer.await??;
+        eprintln!("shard 1 during shard 0's failover: {n} writes, slowest {slowest:?}");
+        assert!(n > 100, "shard 1 kept taking writes: {n}");
+        assert!(
+            slowest < Duration::from_millis(900),
+            "a shard 1 write waited {slowest:?}"
+        );
         Ok(())
     })
 }

@@ -142,6 +142,9 @@ pub struct Session {
     shard_idx: usize,
     /// The shard the current unit goes to (see `shards::route_unit`).
     unit_shard: usize,
+    /// The unit may run on any shard (no key, no pin, no held connection): a shard whose primary
+    /// is unreachable is swapped for another rather than waited for.
+    unit_any: bool,
     /// The current unit has been routed.
     unit_routed: bool,
     /// Bytes of the routed unit not handled yet: a Bind beyond them was not seen by the routing.
@@ -230,6 +233,7 @@ impl Session {
             sharding: worker.shared.classify.sharding,
             shard_idx: 0,
             unit_shard: 0,
+            unit_any: false,
             unit_routed: false,
             unit_left: 0,
             unit_plan: None,

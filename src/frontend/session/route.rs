@@ -341,6 +341,19 @@ impl Session {
                 }
                 Err(e) => {
                     let unreachable = matches!(e, SessionError::BackendUnavailable { .. });
+                    if unreachable && want == Want::Primary && self.unit_any && !retried {
+                        // Any shard will do: another one whose primary answers.
+                        server.suspect();
+                        let shards = &self.worker.shared.topology.shards;
+                        if let Some(other) = (0..shards.len()).find(|&i| {
+                            i != self.unit_shard
+                                && shards[i].primary().is_some_and(|p| p.failures() == 0)
+                        }) {
+                            retried = true;
+                            self.unit_shard = other;
+                            continue;
+                        }
+                    }
                     if unreachable
                         && want == Want::Primary
                         && !retried

@@ -89,6 +89,7 @@ impl Session {
         let go = match (single, &self.multi) {
             (Some(target), None) => {
                 let held = self.backend.as_ref().map(|_| self.shard_idx);
+                self.unit_any = target.is_none() && held.is_none() && self.shard_pin.is_none();
                 let shard = target.or(held).unwrap_or_else(|| {
                     if spread && self.shard_pin.is_none() {
                         self.spread_shard()
@@ -318,9 +319,19 @@ impl Session {
 
     /// The shard for a request that may go anywhere: the session's pin, else the first.
     pub(super) fn default_shard(&self) -> usize {
-        self.shard_pin
+        if let Some(pinned) = self
+            .shard_pin
             .as_ref()
             .and_then(|h| h.shard_index(&self.worker.shared.config, None).ok())
+        {
+            return pinned;
+        }
+        // The first shard with a primary now: a statement any shard can take (a Parse, a read
+        // of an unlisted table) does not wait for a shard that is failing over.
+        let shards = &self.worker.shared.topology.shards;
+        shards
+            .iter()
+            .position(|s| s.primary().is_some_and(|p| p.failures() == 0))
             .unwrap_or(0)
     }
 
