@@ -36,6 +36,7 @@ pub mod hash;
 pub mod health;
 pub mod localcluster;
 pub mod merge;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod router;

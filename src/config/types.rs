@@ -91,6 +91,8 @@ pub struct ProxyConfig {
     /// Where shardgate keeps what must survive a restart (the two-phase commit decision log);
     /// empty = nowhere (no cross-shard transactions can be committed atomically).
     pub state_dir: String,
+    /// Where Prometheus scrapes `/metrics` (`host:port`); empty = off.
+    pub metrics_listen: String,
 }
 
 impl Default for ProxyConfig {
@@ -109,6 +111,7 @@ impl Default for ProxyConfig {
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
             state_dir: String::new(),
+            metrics_listen: String::new(),
         }
     }
 }

@@ -51,6 +51,8 @@ const ROUTE_CACHE_SIZE: usize = 10_000;
 /// A running proxy. Dropping it stops it.
 pub struct ProxyHandle {
     addr: SocketAddr,
+    /// Where `/metrics` is served, when `proxy.metrics_listen` is set.
+    metrics_addr: Option<SocketAddr>,
     health: Option<crate::health::HealthChecker>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -58,6 +60,11 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Where Prometheus scrapes `/metrics` (the real port when the map says port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The address clients connect to (the real port when the map says port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -166,6 +173,28 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
                 })?,
         );
     }
+    let mut metrics_addr = None;
+    let metrics_listen = shared.config.proxy.metrics_listen.trim().to_string();
+    if !metrics_listen.is_empty() {
+        let l = std::net::TcpListener::bind(&metrics_listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("proxy.metrics_listen {metrics_listen}: {e}"),
+            )
+        })?;
+        l.set_nonblocking(true)?;
+        metrics_addr = Some(l.local_addr()?);
+        let src = crate::metrics::Sources {
+            topology: shared.topology.clone(),
+            shared: shared.clone(),
+        };
+        let stop = shutdown_rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("shardgate-metrics".into())
+                .spawn(move || runtime().block_on(crate::metrics::serve(l, src, stop)))?,
+        );
+    }
     let stop = shutdown_rx.clone();
     let accept_shared = shared.clone();
     threads.push(
@@ -176,6 +205,7 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     info!(%addr, workers, "listening");
     Ok(ProxyHandle {
         addr,
+        metrics_addr,
         health: Some(health),
         shutdown,
         threads,

@@ -57,14 +57,36 @@ fn setup_shards(
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     let map = proxy_setting(
-        &cluster.shard_map_toml("127.0.0.1:0"),
-        "state_dir",
-        &format!("\"{}\"", state.path().display()),
+        &proxy_setting(
+            &cluster.shard_map_toml("127.0.0.1:0"),
+            "state_dir",
+            &format!("\"{}\"", state.path().display()),
+        ),
+        "metrics_listen",
+        "\"127.0.0.1:0\"",
     ) + &format!(
         "\n[failover]\nmode = \"{mode}\"\nuser = \"postgres\"\npassword = \"postgres\"\n\n[[tables]]\nname = \"kv\"\nshard_key = \"id\"\n"
     );
     let proxy = ctx.start_proxy(&map)?;
     Ok((cluster, proxy, state, map))
+}
+
+/// GET /metrics; every sample line is `name{labels} number`.
+async fn scrape(proxy: &ProxyUnderTest) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.handle().metrics_addr().context("metrics are on")?;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP answer")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        anyhow::ensure!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+    }
+    Ok(body.to_string())
 }
 
 /// What the writers saw.
@@ -354,6 +376,16 @@ fn a_killed_primary_fails_over_without_losing_acknowledged_writes(ctx: &Ctx) -> 
             .clone()
             .unwrap_or_default();
         assert!(old_line(&report).contains("fenced"), "{report}");
+        // The metrics say it too.
+        let metrics = scrape(&proxy).await?;
+        let old = cluster.shards()[0].primary.addr();
+        for want in [
+            "shardgate_failovers_total{shard=\"s0\"} 1".to_string(),
+            format!("shardgate_server_fenced{{shard=\"s0\",server=\"{old}\"}} 1"),
+            "shardgate_shard_writable{shard=\"s0\"} 1".to_string(),
+        ] {
+            assert!(metrics.lines().any(|l| l == want), "{want} in:\n{metrics}");
+        }
         for i in 0..20 {
             let r = rows(
                 &c,
