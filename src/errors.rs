@@ -128,6 +128,9 @@ pub enum SessionError {
     CrossShard(String),
     #[error("the two-phase commit over shards failed: {0}")]
     TwoPhase(String),
+    /// shardgate shuts down.
+    #[error("terminating connection due to administrator command: shardgate is shutting down")]
+    Shutdown,
     /// A shard has no writable primary now.
     #[error("shard {shard} has no writable primary now: {reason}")]
     NoPrimary { shard: String, reason: String },
@@ -176,6 +179,7 @@ impl SessionError {
             SessionError::CrossShard(_) => "0A000",
             SessionError::TwoPhase(_) => "40000",
             SessionError::NoPrimary { .. } => "57P03",
+            SessionError::Shutdown => "57P01",
             SessionError::Merge(e) => {
                 use crate::merge::rows::MergeError;
                 use crate::merge::value::ValueError;
@@ -245,6 +249,7 @@ impl SessionError {
                 | SessionError::TooManyClients
                 | SessionError::StartupSettingRejected(_)
                 | SessionError::ProxyProtocol(_)
+                | SessionError::Shutdown
         )
     }
 

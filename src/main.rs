@@ -167,12 +167,47 @@ fn run(path: &std::path::Path) -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    let timeout = handle.shutdown_timeout();
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
+        }
+        // Graceful: no new clients, open transactions finish (up to proxy.shutdown_timeout);
+        // a second signal stops at once.
+        tracing::info!(
+            clients = handle.clients(),
+            ?timeout,
+            "shutting down: waiting for open transactions"
+        );
+        handle.drain();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if handle.clients() == 0 {
+                tracing::info!("no client left");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                _ = int.recv() => {
+                    tracing::warn!("a second signal: stopping at once");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::warn!("a second signal: stopping at once");
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    clients = handle.clients(),
+                    "shutdown_timeout passed: closing the remaining clients"
+                );
+                break;
+            }
         }
     });
     tracing::info!("stopping");

@@ -555,3 +555,73 @@ fn a_crash_between_prepare_and_commit_prepared_is_resolved_on_restart() {
         proxy.wait().unwrap();
     }
 }
+
+/// SIGTERM with a transaction open: shardgate stops accepting clients, the transaction goes on and
+/// commits, then the process exits 0.
+#[test]
+fn a_shutdown_lets_the_open_transaction_commit_then_exits_0() {
+    let dir = tempfile::Builder::new()
+        .prefix("sg-shutdown-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let demo = start_demo(dir.path());
+    let port = free_port();
+    let map = demo.map.replace(
+        &format!("listen = \"127.0.0.1:{}\"", demo.port),
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let map_path = dir.path().join("map.toml");
+    std::fs::write(&map_path, &map).unwrap();
+    let log_path = dir.path().join("proxy.log");
+    let mut proxy = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&map_path)
+        .env("SHARDGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _stop = StopOnDrop(proxy.id());
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "shardgate did not start listening"
+    );
+    let url = format!("postgres://app:secret@127.0.0.1:{port}/app");
+    let (ok, _, err) = psql(&url, "CREATE TABLE shut (id int PRIMARY KEY);");
+    assert!(ok, "{err}");
+    // In one session: BEGIN, a row, SIGTERM, wait (polling) until a new client is refused, another
+    // row, COMMIT.
+    let script = format!(
+        "BEGIN;\nINSERT INTO shut VALUES (1);\n\\! kill -TERM {pid}\n\\! for i in $(seq 1 200); do psql '{url}' -X -Atc 'SELECT 1' >/dev/null 2>&1 || {{ echo REFUSED; break; }}; sleep 0.05; done\nINSERT INTO shut VALUES (2);\nCOMMIT;\n",
+        pid = proxy.id()
+    );
+    let (ok, out, err) = psql(&url, &script);
+    assert!(
+        ok,
+        "the open transaction committed through the shutdown: {err}\n{}",
+        log()
+    );
+    assert!(out.contains("REFUSED"), "new clients were refused: {out}");
+    let mut exit = None;
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            exit = proxy.try_wait().unwrap();
+            exit.is_some()
+        }),
+        "shardgate did not exit after the last transaction"
+    );
+    assert_eq!(exit.and_then(|s| s.code()), Some(0));
+    // The rows are there (on the first shard's primary: the table is on every shard).
+    let primary = demo
+        .map
+        .lines()
+        .find_map(|l| l.strip_prefix("primary = \""))
+        .map(|rest| format!("postgres://app:secret@{}/app", rest.trim_end_matches('"')))
+        .unwrap();
+    let (ok, out, err) = psql(&primary, "SELECT count(*) FROM shut;");
+    assert!(ok, "{err}");
+    assert_eq!(out, "2");
+}

@@ -93,6 +93,10 @@ pub struct ProxyConfig {
     pub state_dir: String,
     /// Where Prometheus scrapes `/metrics` (`host:port`); empty = off.
     pub metrics_listen: String,
+    /// On SIGTERM/SIGINT, how long open transactions may take to finish before every client is
+    /// closed.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +116,7 @@ impl Default for ProxyConfig {
             proxy_protocol_from: Vec::new(),
             state_dir: String::new(),
             metrics_listen: String::new(),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

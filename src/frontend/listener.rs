@@ -60,6 +60,24 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Starts a graceful shutdown: no new clients; idle sessions end at once (57P01), the others
+    /// when their transaction ends. [`Self::clients`] says how many remain.
+    pub fn drain(&self) {
+        self.shared.drain.send_replace(true);
+    }
+
+    /// `proxy.shutdown_timeout`.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        self.shared.config.proxy.shutdown_timeout
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.shared
+            .clients
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where Prometheus scrapes `/metrics` (the real port when the map says port 0).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -249,9 +267,12 @@ fn run_acceptor(
                 return;
             }
         };
+        let mut drain = shared.drain.subscribe();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
+                // Draining: the listening socket closes, new clients are refused.
+                _ = drain.wait_for(|d| *d) => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         let Ok(stream) = stream.into_std() else { continue };
@@ -284,11 +305,17 @@ fn run_worker(
     let rt = runtime();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        // The acceptor stops handing out sockets when shardgate drains; the sessions here go on
+        // until they end or `stop`.
+        let mut accepting = true;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
-                socket = sockets.recv() => {
-                    let Some(socket) = socket else { return };
+                socket = sockets.recv(), if accepting => {
+                    let Some(socket) = socket else {
+                        accepting = false;
+                        continue;
+                    };
                     let w = worker.clone();
                     tokio::task::spawn_local(async move {
                         match tokio::net::TcpStream::from_std(socket) {

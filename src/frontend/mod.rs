@@ -44,6 +44,9 @@ pub struct Shared {
     /// Whether each server's database sorts text in the "C" collation (asked once, when a merge
     /// first compares text).
     pub collation_c: Mutex<HashMap<crate::config::ServerAddr, bool>>,
+    /// Set when shardgate shuts down gracefully: no new clients; each session ends once it has
+    /// no transaction open.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
             topology: Arc::new(crate::topology::Topology::new(&config)),
             unparsed: std::sync::atomic::AtomicU64::new(0),
             collation_c: Mutex::new(HashMap::new()),
+            drain: tokio::sync::watch::Sender::new(false),
             classify: Arc::new(crate::router::ClassifyOptions::from_config(&config)),
             config: Arc::new(config),
         }

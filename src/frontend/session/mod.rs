@@ -86,6 +86,8 @@ impl From<ProtocolError> for End {
 }
 
 enum Event {
+    /// shardgate began a graceful shutdown.
+    Drain,
     MuxAnswer,
     ClientReadable,
     BackendReadable,
@@ -142,6 +144,9 @@ pub struct Session {
     shard_idx: usize,
     /// The shard the current unit goes to (see `shards::route_unit`).
     unit_shard: usize,
+    /// Graceful shutdown (`Shared::drain`): seen once, then the session ends when idle.
+    drain: tokio::sync::watch::Receiver<bool>,
+    draining: bool,
     /// The unit may run on any shard (no key, no pin, no held connection): a shard whose primary
     /// is unreachable is swapped for another rather than waited for.
     unit_any: bool,
@@ -233,6 +238,8 @@ impl Session {
             sharding: worker.shared.classify.sharding,
             shard_idx: 0,
             unit_shard: 0,
+            drain: worker.shared.drain.subscribe(),
+            draining: false,
             unit_any: false,
             unit_routed: false,
             unit_left: 0,
@@ -274,7 +281,22 @@ impl Session {
             self.on_client_data().await
         };
         while let Ok(Flow::Continue) = outcome {
+            if self.draining && self.idle_for_shutdown() {
+                debug!(
+                    status = self.client_tx_status(),
+                    multi = self.multi.is_some(),
+                    backend = self.backend.is_some(),
+                    deferred = self.deferred_begin.is_some(),
+                    "shutting down: the session has no transaction open; closing it"
+                );
+                outcome = Err(End::Fatal(SessionError::Shutdown));
+                break;
+            }
             outcome = match self.next_event().await {
+                Event::Drain => {
+                    self.draining = true;
+                    Ok(Flow::Continue)
+                }
                 Event::MuxAnswer => self.on_mux_answer().await,
                 Event::ClientReadable => self.read_client().await,
                 Event::BackendReadable => self.read_backend().await,
@@ -298,7 +320,21 @@ impl Session {
         self.finish().await;
     }
 
-    async fn next_event(&self) -> Event {
+    /// No transaction open and nothing owed either way: a draining session may end now.
+    fn idle_for_shutdown(&self) -> bool {
+        self.client_tx_status() == be::TX_IDLE
+            && self.pending.is_empty()
+            && !self.mux_inflight
+            && self.copy_split.is_none()
+            && self
+                .backend
+                .as_ref()
+                .is_none_or(|b| b.tx_status == be::TX_IDLE)
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let draining = self.draining;
+        let drain = &mut self.drain;
         let want_client = self
             .backend
             .as_ref()
@@ -309,6 +345,7 @@ impl Session {
         let backend_out = backend.is_some_and(|b| !b.wbuf.is_empty());
         tokio::select! {
             biased;
+            _ = drain.wait_for(|d| *d), if !draining => Event::Drain,
             _ = self.mux_out.notify.notified(), if self.mux_inflight => Event::MuxAnswer,
             r = async { backend.expect("checked").stream.readable().await }, if want_backend => match r {
                 Ok(()) => Event::BackendReadable,
