@@ -6,9 +6,14 @@
 //!   construct that cannot be merged exactly.
 //! - [`rows`]: the merge itself, on DataRow bytes: k-way by sort keys (streaming), or grouped
 //!   (aggregates, DISTINCT), then HAVING, order, OFFSET and LIMIT.
-//! - [`value`], [`numeric`]: decoding, comparing and encoding the values the merge needs (sort keys,
-//!   group keys, aggregate partials) by type OID and format; nothing else is decoded.
+//! - [`value`], [`numeric`]: decoding and comparing the values the merge needs (sort keys, group
+//!   keys, aggregate partials) by type OID and format; nothing else is decoded. [`encode`]: the
+//!   computed aggregates in the client's format, as Postgres prints or sends them.
+//! - `nested`: shapes inside a query that refuse a merge (window functions, subqueries over
+//!   sharded tables that aggregate or cut).
 
+pub mod encode;
+mod nested;
 pub mod numeric;
 pub mod plan;
 pub mod rows;

@@ -96,6 +96,37 @@ pub fn split_row(body: &[u8], cols: &mut Cols) -> Result<(), MergeError> {
     Ok(())
 }
 
+/// The columns of a RowDescription, each as `(start of its name, start of its fixed part)`.
+fn description_fields(body: &[u8]) -> Result<Vec<(usize, usize)>, MergeError> {
+    let bad = MergeError::Malformed("RowDescription");
+    let n = u16::from_be_bytes(body.get(..2).ok_or(bad.clone())?.try_into().expect("2")) as usize;
+    let mut off = 2;
+    let mut fields = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fixed = body
+            .get(off..)
+            .and_then(|b| b.iter().position(|&c| c == 0))
+            .ok_or(bad.clone())?
+            + off
+            + 1;
+        body.get(fixed..fixed + 18).ok_or(bad.clone())?;
+        fields.push((off, fixed));
+        off = fixed + 18;
+    }
+    Ok(fields)
+}
+
+/// The columns of a RowDescription: type OID and format of each.
+pub fn fields_of(body: &[u8]) -> Result<Vec<Field>, MergeError> {
+    Ok(description_fields(body)?
+        .into_iter()
+        .map(|(_, fixed)| Field {
+            oid: u32::from_be_bytes(body[fixed + 6..fixed + 10].try_into().expect("4")),
+            format: i16::from_be_bytes(body[fixed + 16..fixed + 18].try_into().expect("2")),
+        })
+        .collect())
+}
+
 fn cell<'a>(body: &'a [u8], cols: &Cols, i: usize) -> Option<&'a [u8]> {
     let (start, len) = *cols.get(i)?;
     (len >= 0).then(|| &body[start as usize..start as usize + len as usize])
@@ -240,30 +271,20 @@ impl Shape {
     /// The client's RowDescription: hidden columns dropped, aggregate columns with their type
     /// and every column with the client's format.
     pub fn describe(&self, body: &[u8]) -> Result<Bytes, MergeError> {
-        let bad = MergeError::Malformed("RowDescription");
+        let fields = description_fields(body)?;
         let mut out = BytesMut::with_capacity(body.len());
         out.put_u16(self.visible as u16);
-        let mut off = 2;
-        for i in 0..self.visible {
-            let name_end = body
-                .get(off..)
-                .and_then(|b| b.iter().position(|&c| c == 0))
-                .ok_or(bad.clone())?
-                + off
-                + 1;
-            let fixed = body.get(name_end..name_end + 18).ok_or(bad.clone())?;
-            out.extend_from_slice(&body[off..name_end]);
-            out.extend_from_slice(&fixed[..6]); // table oid, column number
+        for (i, &(name, fixed)) in fields.iter().enumerate().take(self.visible) {
+            out.extend_from_slice(&body[name..fixed + 6]); // name, table oid, column number
             let o = self.out[i];
             if o.oid != self.fields[i].oid {
                 out.put_u32(o.oid);
                 out.put_i16(if o.oid == NUMERIC { -1 } else { 8 });
                 out.put_i32(-1);
             } else {
-                out.extend_from_slice(&fixed[6..16]);
+                out.extend_from_slice(&body[fixed + 6..fixed + 16]);
             }
             out.put_i16(o.format);
-            off = name_end + 18;
         }
         Ok(out.freeze())
     }
@@ -733,157 +754,5 @@ fn compare_number(left: &Value<'_>, literal: &str) -> Result<Ordering, MergeErro
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::merge::plan::{Merge, merge_plan};
-
-    fn plan(sql: &str) -> MergePlan {
-        match merge_plan(sql, &[]) {
-            Ok(Merge::Plan(p)) => p,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn row(values: &[Option<&str>]) -> Bytes {
-        let mut b = BytesMut::new();
-        b.put_u16(values.len() as u16);
-        for v in values {
-            match v {
-                None => b.put_i32(-1),
-                Some(s) => {
-                    b.put_i32(s.len() as i32);
-                    b.extend_from_slice(s.as_bytes());
-                }
-            }
-        }
-        b.freeze()
-    }
-
-    fn rows_of(out: &[u8]) -> Vec<Vec<Option<String>>> {
-        let mut v = Vec::new();
-        let mut off = 0;
-        let mut cols = Cols::new();
-        while off < out.len() {
-            let len = u32::from_be_bytes(out[off + 1..off + 5].try_into().unwrap()) as usize;
-            let body = &out[off + 5..off + 1 + len];
-            split_row(body, &mut cols).unwrap();
-            v.push(
-                (0..cols.len())
-                    .map(|i| cell(body, &cols, i).map(|c| String::from_utf8_lossy(c).into()))
-                    .collect(),
-            );
-            off += 1 + len;
-        }
-        v
-    }
-
-    fn text(oids: &[u32]) -> Vec<Field> {
-        oids.iter().map(|&oid| Field { oid, format: 0 }).collect()
-    }
-
-    #[test]
-    fn ordered_rows_compare_by_type_and_hidden_columns_are_dropped() {
-        let p = plan("SELECT name FROM t ORDER BY n DESC NULLS LAST");
-        let shape = Shape::new(&p, text(&[value::TEXT, value::INT4]), &[0]).unwrap();
-        assert!(shape.streams());
-        let (a, b, c) = (
-            row(&[Some("a"), Some("9")]),
-            row(&[Some("b"), Some("10")]),
-            row(&[Some("c"), None]),
-        );
-        let (mut ca, mut cb, mut cc) = (Cols::new(), Cols::new(), Cols::new());
-        split_row(&a, &mut ca).unwrap();
-        split_row(&b, &mut cb).unwrap();
-        split_row(&c, &mut cc).unwrap();
-        // 10 > 9 as integers (not as text); NULL last.
-        assert_eq!(shape.compare(&b, &cb, &a, &ca), Ordering::Less);
-        assert_eq!(shape.compare(&c, &cc, &a, &ca), Ordering::Greater);
-        let mut out = BytesMut::new();
-        shape.write_visible(&b, &cb, &mut out);
-        assert_eq!(rows_of(&out), vec![vec![Some("b".to_string())]]);
-    }
-
-    #[test]
-    fn groups_combine_counts_sums_avg_and_having() {
-        let p = plan(
-            "SELECT g, count(*), sum(x), avg(x), min(s) FROM t GROUP BY g HAVING count(*) > 2 ORDER BY g",
-        );
-        // g, count, sum(x) (int8 from int4), sum(x) for avg, min(s), hidden count(x)
-        let fields = text(&[value::TEXT, INT8, INT8, INT8, value::TEXT, INT8]);
-        let shape = Shape::new(&p, fields, &[0, 0, 0, 0, 0]).unwrap();
-        assert_eq!(shape.out[3].oid, NUMERIC);
-        let mut groups = Groups::new();
-        let mut cols = Cols::new();
-        for r in [
-            row(&[
-                Some("a"),
-                Some("2"),
-                Some("3"),
-                Some("3"),
-                Some("m"),
-                Some("2"),
-            ]),
-            row(&[
-                Some("b"),
-                Some("1"),
-                Some("5"),
-                Some("5"),
-                Some("z"),
-                Some("1"),
-            ]),
-            row(&[
-                Some("a"),
-                Some("1"),
-                Some("4"),
-                Some("4"),
-                Some("k"),
-                Some("1"),
-            ]),
-            row(&[Some("b"), Some("1"), None, None, None, Some("0")]),
-        ] {
-            split_row(&r, &mut cols).unwrap();
-            groups.add(&shape, &r, &cols).unwrap();
-        }
-        let mut out = BytesMut::new();
-        assert_eq!(groups.finish(&shape, &mut out).unwrap(), 1);
-        assert_eq!(
-            rows_of(&out),
-            vec![vec![
-                Some("a".into()),
-                Some("3".into()),
-                Some("7".into()),
-                Some("2.3333333333333333".into()),
-                Some("k".into())
-            ]]
-        );
-    }
-
-    #[test]
-    fn distinct_uses_values_not_bytes() {
-        let p = plan("SELECT DISTINCT x FROM t ORDER BY x");
-        let shape = Shape::new(&p, text(&[NUMERIC]), &[0]).unwrap();
-        let mut groups = Groups::new();
-        let mut cols = Cols::new();
-        for r in [
-            row(&[Some("1.0")]),
-            row(&[Some("1.00")]),
-            row(&[Some("0.5")]),
-        ] {
-            split_row(&r, &mut cols).unwrap();
-            groups.add(&shape, &r, &cols).unwrap();
-        }
-        let mut out = BytesMut::new();
-        assert_eq!(groups.finish(&shape, &mut out).unwrap(), 2);
-        assert_eq!(
-            rows_of(&out),
-            vec![vec![Some("0.5".into())], vec![Some("1.0".into())]]
-        );
-    }
-
-    #[test]
-    fn unsupported_sums_are_refused() {
-        let p = plan("SELECT sum(d) FROM t");
-        let e = Shape::new(&p, text(&[1186]), &[0]).unwrap_err();
-        assert!(e.to_string().contains("interval"), "{e}");
-    }
-}
+#[path = "tests/rows.rs"]
+mod tests;

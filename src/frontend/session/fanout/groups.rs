@@ -304,17 +304,7 @@ impl Session {
                 fe::BIND if split.is_some() => {
                     let (text, keep) = split.expect("checked");
                     let (portal, stmt_name, rest) = fe::bind_statement(body)?;
-                    let types = if stmt_name.is_empty() {
-                        self.unnamed_parse
-                            .get(5..)
-                            .and_then(|b| fe::parse_name(b).ok())
-                            .map(|(_, r)| r.to_vec())
-                    } else {
-                        self.statements
-                            .get(stmt_name)
-                            .map(|s| s.parse_rest.to_vec())
-                    }
-                    .unwrap_or_default();
+                    let types = self.statement_parse_rest(stmt_name);
                     let parse = fe::parse_rest_subset(&types, text, keep);
                     let bind =
                         fe::bind_rest_subset(rest, keep).ok_or(ProtocolError::Malformed {
@@ -384,6 +374,20 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The rest of the Parse (`query\0` and parameter types) of the statement a Bind names: the
+    /// client's last unnamed Parse, or a prepared statement (empty when unknown).
+    pub(super) fn statement_parse_rest(&self, name: &[u8]) -> Vec<u8> {
+        if name.is_empty() {
+            self.unnamed_parse
+                .get(5..)
+                .and_then(|b| fe::parse_name(b).ok())
+                .map(|(_, r)| r.to_vec())
+        } else {
+            self.statements.get(name).map(|s| s.parse_rest.to_vec())
+        }
+        .unwrap_or_default()
     }
 
     /// A multi-row INSERT's text cut per shard, or an error when its rows go to several shards

@@ -14,7 +14,7 @@ use bytes::BufMut;
 use super::groups::Group;
 use super::*;
 use crate::merge::plan::Column;
-use crate::merge::rows::{Cols, Field, Groups, MergeError, Shape, split_row};
+use crate::merge::rows::{Cols, Groups, MergeError, Shape, fields_of, split_row};
 use crate::merge::{Merge, MergePlan, MergeResult, merge_plan};
 
 /// Bytes of rows queued for the client before the merge waits for the client to take them.
@@ -453,17 +453,7 @@ impl Session {
                         what: "Bind",
                         problem: "its parameters or result formats do not add up",
                     };
-                    let types = if stmt_name.is_empty() {
-                        self.unnamed_parse
-                            .get(5..)
-                            .and_then(|b| fe::parse_name(b).ok())
-                            .map(|(_, r)| r.to_vec())
-                    } else {
-                        self.statements
-                            .get(stmt_name)
-                            .map(|s| s.parse_rest.to_vec())
-                    }
-                    .unwrap_or_default();
+                    let types = self.statement_parse_rest(stmt_name);
                     let nparams = fe::bind_param_count(rest).ok_or_else(malformed)?;
                     let (at, client) = fe::bind_results(rest, plan.items).ok_or_else(malformed)?;
                     let codes = rest
@@ -589,29 +579,6 @@ fn execute_of(frames: &[u8]) -> Option<(&[u8], i32)> {
         off += h.frame_len;
     }
     None
-}
-
-/// The columns of a RowDescription: type OID and format of each.
-fn fields_of(body: &[u8]) -> Result<Vec<Field>, MergeError> {
-    let bad = MergeError::Malformed("RowDescription");
-    let n = u16::from_be_bytes(body.get(..2).ok_or(bad.clone())?.try_into().expect("2")) as usize;
-    let mut off = 2;
-    let mut fields = Vec::with_capacity(n);
-    for _ in 0..n {
-        let name_end = body
-            .get(off..)
-            .and_then(|b| b.iter().position(|&c| c == 0))
-            .ok_or(bad.clone())?
-            + off
-            + 1;
-        let fixed = body.get(name_end..name_end + 18).ok_or(bad.clone())?;
-        fields.push(Field {
-            oid: u32::from_be_bytes(fixed[6..10].try_into().expect("4")),
-            format: i16::from_be_bytes(fixed[16..18].try_into().expect("2")),
-        });
-        off = name_end + 18;
-    }
-    Ok(fields)
 }
 
 enum Next {
