@@ -128,6 +128,9 @@ pub enum SessionError {
     CrossShard(String),
     #[error("the two-phase commit over shards failed: {0}")]
     TwoPhase(String),
+    /// The client was idle longer than `proxy.idle_client_timeout`.
+    #[error("terminating connection due to idle-session timeout (proxy.idle_client_timeout)")]
+    IdleTimeout,
     /// shardgate shuts down.
     #[error("terminating connection due to administrator command: shardgate is shutting down")]
     Shutdown,
@@ -180,6 +183,7 @@ impl SessionError {
             SessionError::TwoPhase(_) => "40000",
             SessionError::NoPrimary { .. } => "57P03",
             SessionError::Shutdown => "57P01",
+            SessionError::IdleTimeout => "57P05",
             SessionError::Merge(e) => {
                 use crate::merge::rows::MergeError;
                 use crate::merge::value::ValueError;
@@ -250,6 +254,7 @@ impl SessionError {
                 | SessionError::StartupSettingRejected(_)
                 | SessionError::ProxyProtocol(_)
                 | SessionError::Shutdown
+                | SessionError::IdleTimeout
         )
     }
 

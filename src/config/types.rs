@@ -93,6 +93,10 @@ pub struct ProxyConfig {
     pub state_dir: String,
     /// Where Prometheus scrapes `/metrics` (`host:port`); empty = off.
     pub metrics_listen: String,
+    /// A client idle this long (no transaction open, nothing running) is closed with 57P05;
+    /// 0 = never.
+    #[serde(deserialize_with = "duration")]
+    pub idle_client_timeout: Duration,
     /// On SIGTERM/SIGINT, how long open transactions may take to finish before every client is
     /// closed.
     #[serde(deserialize_with = "duration")]
@@ -117,6 +121,7 @@ impl Default for ProxyConfig {
             state_dir: String::new(),
             metrics_listen: String::new(),
             shutdown_timeout: Duration::from_secs(30),
+            idle_client_timeout: Duration::ZERO,
         }
     }
 }

@@ -19,6 +19,7 @@ tests![
     session_mode_keeps_one_connection,
     cancel_pg_sleep_returns_within_a_second,
     connections_are_pooled,
+    idle_clients_are_closed_after_idle_client_timeout,
 ];
 
 /// A map whose proxy has one worker and `pool_size` server connections, so tests know which
@@ -452,6 +453,49 @@ fn connections_are_pooled(ctx: &Ctx) -> anyhow::Result<()> {
             pids.len() <= 2,
             "40 clients used {} server connections",
             pids.len()
+        );
+        Ok(())
+    })
+}
+
+/// `proxy.idle_client_timeout`: a client idle that long gets FATAL 57P05 and is closed; a client
+/// with a transaction open is not idle and keeps its transaction.
+fn idle_clients_are_closed_after_idle_client_timeout(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let map = proxy_setting(&ctx.default_map()?, "idle_client_timeout", "\"300ms\"");
+        let proxy = ctx.start_proxy(&map)?;
+        let idle = proxy.client().await?;
+        idle.simple_query("SELECT 1").await?;
+        let busy = proxy.client().await?;
+        busy.batch_execute("BEGIN; SELECT 1").await?;
+        crate::harness::wait_until(
+            "the idle client to be closed",
+            std::time::Duration::from_secs(10),
+            || async { idle.is_closed() },
+        )
+        .await?;
+        // Longer than the timeout has passed for both; the transaction is still open and ends.
+        assert!(!busy.is_closed());
+        busy.batch_execute("SELECT 2; COMMIT").await?;
+        let e = idle.simple_query("SELECT 1").await.expect_err("closed");
+        assert!(e.is_closed(), "{e}");
+        // What an idle client receives: FATAL 57P05.
+        use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
+        let mut raw = crate::rawclient::RawClient::connect(
+            proxy.addr(),
+            APP_USER,
+            APP_PASSWORD,
+            APP_DATABASE,
+            &[],
+        )
+        .await?;
+        let (tag, body) = raw.read_message().await?;
+        assert_eq!(tag, b'E');
+        assert_eq!(
+            crate::rawclient::error_field(&body, b'C').as_deref(),
+            Some("57P05"),
+            "{}",
+            crate::rawclient::describe_error(&body)
         );
         Ok(())
     })

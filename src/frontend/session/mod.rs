@@ -88,6 +88,8 @@ impl From<ProtocolError> for End {
 enum Event {
     /// shardgate began a graceful shutdown.
     Drain,
+    /// Idle longer than `proxy.idle_client_timeout`.
+    IdleTimeout,
     MuxAnswer,
     ClientReadable,
     BackendReadable,
@@ -297,6 +299,7 @@ impl Session {
                     self.draining = true;
                     Ok(Flow::Continue)
                 }
+                Event::IdleTimeout => Err(End::Fatal(SessionError::IdleTimeout)),
                 Event::MuxAnswer => self.on_mux_answer().await,
                 Event::ClientReadable => self.read_client().await,
                 Event::BackendReadable => self.read_backend().await,
@@ -334,6 +337,9 @@ impl Session {
 
     async fn next_event(&mut self) -> Event {
         let draining = self.draining;
+        // The idle timer runs only when it is set and the client has nothing open or owed.
+        let idle_limit = self.worker.shared.config.proxy.idle_client_timeout;
+        let idle = !idle_limit.is_zero() && self.cin.is_empty() && self.idle_for_shutdown();
         let drain = &mut self.drain;
         let want_client = self
             .backend
@@ -363,6 +369,7 @@ impl Session {
                 Ok(()) => Event::BackendWritable,
                 Err(e) => Event::BackendError(e.to_string()),
             },
+            _ = tokio::time::sleep(idle_limit), if idle => Event::IdleTimeout,
         }
     }
 
