@@ -25,15 +25,31 @@ pub struct Sources {
     pub shared: Arc<crate::frontend::Shared>,
 }
 
+/// Appends a metric's HELP and TYPE lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// The metrics text now.
 pub fn render(src: &Sources) -> String {
     let mut out = String::new();
+    header(
+        &mut out,
+        "shardgate_clients",
+        "gauge",
+        "Client connections now.",
+    );
     let _ = writeln!(
         out,
-        "# HELP shardgate_clients Client connections now.\n# TYPE shardgate_clients gauge\nshardgate_clients {}",
+        "shardgate_clients {}",
         src.shared.clients.load(Ordering::Relaxed)
     );
-    out.push_str("# HELP shardgate_server_up 1 when the server passes its health probes.\n# TYPE shardgate_server_up gauge\n");
+    header(
+        &mut out,
+        "shardgate_server_up",
+        "gauge",
+        "1 when the server passes its health probes.",
+    );
     for shard in &src.topology.shards {
         for s in shard.servers() {
             let role = match s.role() {
@@ -49,7 +65,12 @@ pub fn render(src: &Sources) -> String {
             );
         }
     }
-    out.push_str("# HELP shardgate_server_fenced 1 for a former primary replaced by failover: it gets no traffic and needs a rebuild.\n# TYPE shardgate_server_fenced gauge\n");
+    header(
+        &mut out,
+        "shardgate_server_fenced",
+        "gauge",
+        "1 for a former primary replaced by failover: it gets no traffic and needs a rebuild.",
+    );
     for shard in &src.topology.shards {
         for s in shard.servers() {
             let _ = writeln!(
@@ -61,7 +82,12 @@ pub fn render(src: &Sources) -> String {
             );
         }
     }
-    out.push_str("# HELP shardgate_replica_lag_bytes Replay lag of a replica behind its primary.\n# TYPE shardgate_replica_lag_bytes gauge\n");
+    header(
+        &mut out,
+        "shardgate_replica_lag_bytes",
+        "gauge",
+        "Replay lag of a replica behind its primary.",
+    );
     for shard in &src.topology.shards {
         for s in shard.replicas() {
             let _ = writeln!(
@@ -73,7 +99,12 @@ pub fn render(src: &Sources) -> String {
             );
         }
     }
-    out.push_str("# HELP shardgate_failovers_total Primaries replaced by failover.\n# TYPE shardgate_failovers_total counter\n");
+    header(
+        &mut out,
+        "shardgate_failovers_total",
+        "counter",
+        "Primaries replaced by failover.",
+    );
     for shard in &src.topology.shards {
         let _ = writeln!(
             out,
@@ -82,7 +113,12 @@ pub fn render(src: &Sources) -> String {
             shard.failovers()
         );
     }
-    out.push_str("# HELP shardgate_shard_writable 1 when the shard has a primary taking writes (0 during a failover or a split brain).\n# TYPE shardgate_shard_writable gauge\n");
+    header(
+        &mut out,
+        "shardgate_shard_writable",
+        "gauge",
+        "1 when the shard has a primary taking writes (0 during a failover or a split brain).",
+    );
     for shard in &src.topology.shards {
         let _ = writeln!(
             out,

@@ -260,6 +260,19 @@ fn generate(rng: &mut Rng, ids: &[u64]) -> Query {
     }
 }
 
+/// One plain Postgres (no shards, no replica) to compare shardgate's answers with, and a client.
+async fn reference_database(
+    ctx: &Ctx,
+) -> anyhow::Result<(shardgate::localcluster::LocalCluster, Client)> {
+    let cluster = ctx.start_cluster(&ClusterSpec {
+        shards: 1,
+        replicas_per_shard: 0,
+        synchronous: false,
+    })?;
+    let client = connect(&cluster.shards()[0].primary.app_conninfo()).await?;
+    Ok((cluster, client))
+}
+
 /// A column value as the server sent it in binary.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
 struct Raw(Vec<u8>);
@@ -325,12 +338,7 @@ fn merged_reads_match_one_database(ctx: &Ctx) -> anyhow::Result<()> {
 async fn differential(ctx: &Ctx, seed: u64) -> anyhow::Result<()> {
     let mut rng = Rng(seed);
     let s = sharded(ctx, 3).await?;
-    let reference_cluster = ctx.start_cluster(&ClusterSpec {
-        shards: 1,
-        replicas_per_shard: 0,
-        synchronous: false,
-    })?;
-    let reference = connect(&reference_cluster.shards()[0].primary.app_conninfo()).await?;
+    let (_reference_cluster, reference) = reference_database(ctx).await?;
     let proxy = s.proxy.client().await?;
     proxy.batch_execute(SCHEMA).await?;
     reference.batch_execute(SCHEMA).await?;
@@ -522,12 +530,7 @@ fn extended_protocol_answers_match_one_database(ctx: &Ctx) -> anyhow::Result<()>
     use shardgate::localcluster::{APP_DATABASE, APP_PASSWORD, APP_USER};
     block_on(async {
         let s = sharded(ctx, 2).await?;
-        let reference_cluster = ctx.start_cluster(&ClusterSpec {
-            shards: 1,
-            replicas_per_shard: 0,
-            synchronous: false,
-        })?;
-        let reference = connect(&reference_cluster.shards()[0].primary.app_conninfo()).await?;
+        let (reference_cluster, reference) = reference_database(ctx).await?;
         let proxy = s.proxy.client().await?;
         let values: Vec<String> = (1..=40i64)
             .map(|id| {
