@@ -143,6 +143,18 @@ pub enum SessionError {
     /// An error a server sent, passed on as it is.
     #[error("{0}")]
     Server(ServerError),
+    /// A user not marked `admin = true` asked for the admin console.
+    #[error("permission denied: user \"{0}\" may not use the admin console")]
+    NotAdmin(String),
+    /// The admin console does not know the command.
+    #[error("{0}")]
+    AdminSyntax(String),
+    /// A reload found the shard map invalid (the previous one keeps serving).
+    #[error("the shard map was not reloaded: {0}")]
+    ReloadRefused(String),
+    /// The statement ran longer than `proxy.query_timeout` and was cancelled.
+    #[error("canceling statement due to query_timeout ({0:?}, proxy.query_timeout)")]
+    QueryTimeout(std::time::Duration),
 }
 
 impl SessionError {
@@ -184,6 +196,10 @@ impl SessionError {
             SessionError::NoPrimary { .. } => "57P03",
             SessionError::Shutdown => "57P01",
             SessionError::IdleTimeout => "57P05",
+            SessionError::NotAdmin(_) => "42501",
+            SessionError::AdminSyntax(_) => "42601",
+            SessionError::ReloadRefused(_) => "F0000",
+            SessionError::QueryTimeout(_) => "57014",
             SessionError::Merge(e) => {
                 use crate::merge::rows::MergeError;
                 use crate::merge::value::ValueError;
@@ -224,6 +240,19 @@ impl SessionError {
                 Some("the transaction, if any, was rolled back; retry it")
             }
             SessionError::UnknownUser(_) => Some("add the user to [[users]] in the shard map"),
+            SessionError::TooManyClients => Some(
+                "shardgate's proxy.max_client_connections is reached; retry later, or raise it in the shard map",
+            ),
+            SessionError::NotAdmin(_) => Some(
+                "connect as a user marked admin = true in [[users]] of the shard map, or to the database named by backend.database",
+            ),
+            SessionError::AdminSyntax(_) => Some("SHOW HELP lists the admin commands"),
+            SessionError::ReloadRefused(_) => {
+                Some("fix the shard map at the line and key named, then RELOAD again")
+            }
+            SessionError::QueryTimeout(_) => {
+                Some("make the statement faster, or raise proxy.query_timeout in the shard map")
+            }
             SessionError::NoPrimary { .. } => Some(
                 "retry the transaction; reads still work. If it lasts, check the shard's servers (SHOW shardgate.servers)",
             ),
@@ -255,12 +284,24 @@ impl SessionError {
                 | SessionError::ProxyProtocol(_)
                 | SessionError::Shutdown
                 | SessionError::IdleTimeout
+                | SessionError::NotAdmin(_)
         )
     }
 
     /// Appends this error as an ErrorResponse.
     pub fn write_to(&self, out: &mut BytesMut) {
-        let severity = if self.is_fatal() {
+        self.write_with(out, self.is_fatal());
+    }
+
+    /// Appends this error as a FATAL ErrorResponse (during startup every error ends the
+    /// connection, as Postgres reports it).
+    pub fn write_fatal_to(&self, out: &mut BytesMut) {
+        self.write_with(out, true);
+    }
+
+    fn write_with(&self, out: &mut BytesMut, fatal: bool) {
+        CLIENT_ERRORS.count(self.sqlstate().as_bytes());
+        let severity = if fatal {
             Severity::Fatal
         } else {
             Severity::Error
@@ -274,6 +315,50 @@ impl SessionError {
         );
     }
 }
+
+/// Errors sent to clients, by SQLSTATE class (the first two characters): the proxy's own (counted
+/// in [`SessionError::write_to`]) and the servers' (counted where they are passed on). One count
+/// per process (every proxy of a test process adds to it).
+#[derive(Debug)]
+pub struct ErrorCounts {
+    by_class: std::sync::Mutex<std::collections::BTreeMap<[u8; 2], u64>>,
+}
+
+impl ErrorCounts {
+    /// Counts an error of `sqlstate` (errors are rare: a lock is fine here).
+    pub fn count(&self, sqlstate: &[u8]) {
+        let class = match sqlstate {
+            [a, b, ..] => [*a, *b],
+            _ => *b"XX",
+        };
+        *self
+            .by_class
+            .lock()
+            .expect("error counts lock")
+            .entry(class)
+            .or_default() += 1;
+    }
+
+    /// Counts the error in an ErrorResponse body.
+    pub fn count_body(&self, body: &[u8]) {
+        let code = crate::protocol::backend::error_field(body, b'C').unwrap_or(b"XX000");
+        self.count(code);
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        self.by_class
+            .lock()
+            .expect("error counts lock")
+            .iter()
+            .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), *n))
+            .collect()
+    }
+}
+
+/// The process's error counts (`shardgate_errors_total{class}`).
+pub static CLIENT_ERRORS: ErrorCounts = ErrorCounts {
+    by_class: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+};
 
 #[cfg(test)]
 mod tests {

@@ -71,9 +71,28 @@ impl Fenced {
         }
     }
 
+    /// After a reload: forgets the servers that are no longer fenced in `topology` (gone from the
+    /// map, or let back in by a changed shard entry).
+    pub fn keep_only(&self, topology: &Topology) {
+        let mut e = self.entries.lock().expect("fenced lock");
+        let before = e.len();
+        e.retain(|(shard, addr)| {
+            topology
+                .server(*addr)
+                .is_some_and(|s| s.shard == *shard && s.is_fenced())
+        });
+        if e.len() != before {
+            self.write(&e);
+        }
+    }
+
     fn add(&self, shard: &str, addr: ServerAddr) {
         let mut e = self.entries.lock().expect("fenced lock");
         e.insert((shard.to_string(), addr));
+        self.write(&e);
+    }
+
+    fn write(&self, e: &BTreeSet<(String, ServerAddr)>) {
         if let Some(p) = &self.path {
             let text: String = e.iter().map(|(s, a)| format!("{s} {a}\n")).collect();
             let tmp = p.with_extension("tmp");

@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod cancel;
 pub mod config;
@@ -39,9 +40,10 @@ pub mod merge;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod session_state;
 pub mod topology;
 pub mod twophase;
 
-pub use frontend::listener::{ProxyHandle, start};
+pub use frontend::listener::{ProxyHandle, start, start_with_map};

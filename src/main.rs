@@ -53,19 +53,33 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+/// Logs to stderr: level from `SHARDGATE_LOG` (else `level`), text or JSON lines from
+/// `SHARDGATE_LOG_FORMAT` (else `json`).
+fn init_tracing(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = match std::env::var("SHARDGATE_LOG_FORMAT") {
+        Ok(f) => f.eq_ignore_ascii_case("json"),
+        Err(_) => json,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        init_tracing("info", false);
+    }
+    match command {
         Command::Run => run(&cli.config),
         Command::CheckConfig => match shardgate::config::load(&cli.config) {
             Ok(_) => {
@@ -149,14 +163,19 @@ fn hash(path: &std::path::Path, table: &str, value: &str) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let config = match shardgate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shardgate: invalid shard map: {e}");
+            eprintln!("shardgate: invalid shard map: {}", e.located(&text));
             return ExitCode::from(2);
         }
     };
-    let handle = match shardgate::start(config) {
+    init_tracing(
+        &config.proxy.log_level,
+        config.proxy.log_format == shardgate::config::LogFormat::Json,
+    );
+    let handle = match shardgate::start_with_map(config, Some(path.to_path_buf())) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("shardgate: cannot start: {e}");
@@ -172,9 +191,18 @@ fn run(path: &std::path::Path) -> ExitCode {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                // The admin console's SHUTDOWN.
+                _ = handle.drain_requested() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the shard map");
+                    handle.reload_soon();
+                }
+            }
         }
         // Graceful: no new clients, open transactions finish (up to proxy.shutdown_timeout);
         // a second signal stops at once.

@@ -1,10 +1,10 @@
 //! Prometheus metrics at `[proxy] metrics_listen` `/metrics` (text exposition format 0.0.4).
 //!
-//! So far the servers' state and failovers (more series come with the admin console work):
-//! `shardgate_clients`, `shardgate_server_up{shard,server,role}`,
-//! `shardgate_server_fenced{shard,server}` (1: replaced by failover, needs a rebuild),
-//! `shardgate_replica_lag_bytes{shard,server}`, `shardgate_failovers_total{shard}`,
-//! `shardgate_shard_writable{shard}` (0 while a failover runs or on split brain).
+//! Clients, pools (`shardgate_pool_connections{shard,server,state}`, waiting clients,
+//! `shardgate_pool_wait_seconds`), traffic (`shardgate_queries_total{shard,server,role,route}`,
+//! transactions, bytes, `shardgate_query_duration_seconds` per server), errors by SQLSTATE class,
+//! server health (`shardgate_server_up`, `_fenced`, `shardgate_replica_lag_bytes`), failovers,
+//! writable and paused shards, reloads (`shardgate_reloads_total{result}`) and the map generation.
 //!
 //! The endpoint is a small HTTP/1.1 responder on the health checker's thread: every request
 //! gets the current text and the connection is closed.
@@ -17,11 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::topology::{Role, Topology};
+use crate::topology::stats::{Histogram, RouteKind};
+use crate::topology::{Role, ServerState, Shard};
 
 /// What the metrics are read from.
 pub struct Sources {
-    pub topology: Arc<Topology>,
     pub shared: Arc<crate::frontend::Shared>,
 }
 
@@ -30,8 +30,36 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Appends a histogram's series (`labels` without braces, may be empty).
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, sum, count) = h.snapshot();
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (le, n) in buckets {
+        let le = le.map_or("+Inf".to_string(), |v| v.to_string());
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {count}");
+}
+
+/// The role a server is reported with.
+fn role(shard: &Shard, s: &Arc<ServerState>) -> &'static str {
+    match s.role() {
+        Role::Primary if shard.primary().is_some_and(|p| Arc::ptr_eq(p, s)) => "primary",
+        _ => "replica",
+    }
+}
+
 /// The metrics text now.
 pub fn render(src: &Sources) -> String {
+    let shared = &src.shared;
+    let live = shared.live();
+    let topology = &live.topology;
     let mut out = String::new();
     header(
         &mut out,
@@ -42,25 +70,152 @@ pub fn render(src: &Sources) -> String {
     let _ = writeln!(
         out,
         "shardgate_clients {}",
-        src.shared.clients.load(Ordering::Relaxed)
+        shared.clients.load(Ordering::Relaxed)
     );
+    header(
+        &mut out,
+        "shardgate_pool_connections",
+        "gauge",
+        "Pooled server connections over every worker, by state (active: checked out).",
+    );
+    let pools = shared.pool_status();
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            let p = pools.get(&s.addr).copied().unwrap_or_default();
+            for (state, n) in [("active", p.active), ("idle", p.idle)] {
+                let _ = writeln!(
+                    out,
+                    "shardgate_pool_connections{{shard=\"{}\",server=\"{}\",state=\"{state}\"}} {n}",
+                    shard.name, s.addr
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "shardgate_pool_waiting_clients",
+        "gauge",
+        "Sessions waiting for a pooled connection now.",
+    );
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            let p = pools.get(&s.addr).copied().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "shardgate_pool_waiting_clients{{shard=\"{}\",server=\"{}\"}} {}",
+                shard.name, s.addr, p.waiting
+            );
+        }
+    }
+    header(
+        &mut out,
+        "shardgate_pool_wait_seconds",
+        "histogram",
+        "How long sessions waited to check out a pooled connection.",
+    );
+    histogram(
+        &mut out,
+        "shardgate_pool_wait_seconds",
+        "",
+        &shared.pool_wait,
+    );
+    header(
+        &mut out,
+        "shardgate_queries_total",
+        "counter",
+        "Answers completed by servers, by route (single: one shard; multi: some; broadcast: all).",
+    );
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            for r in RouteKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "shardgate_queries_total{{shard=\"{}\",server=\"{}\",role=\"{}\",route=\"{}\"}} {}",
+                    shard.name,
+                    s.addr,
+                    role(shard, s),
+                    r.as_str(),
+                    s.stats.queries(r)
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "shardgate_transactions_total",
+        "counter",
+        "Answers that left no transaction open.",
+    );
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            let _ = writeln!(
+                out,
+                "shardgate_transactions_total{{shard=\"{}\",server=\"{}\"}} {}",
+                shard.name,
+                s.addr,
+                s.stats.transactions()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "shardgate_server_bytes_total",
+        "counter",
+        "Bytes written to (direction=\"sent\") and read from (\"received\") each server.",
+    );
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            for (dir, n) in [
+                ("sent", s.stats.bytes_sent()),
+                ("received", s.stats.bytes_received()),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "shardgate_server_bytes_total{{shard=\"{}\",server=\"{}\",direction=\"{dir}\"}} {n}",
+                    shard.name, s.addr
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "shardgate_errors_total",
+        "counter",
+        "Errors sent to clients (shardgate's and the servers'), by SQLSTATE class.",
+    );
+    for (class, n) in crate::errors::CLIENT_ERRORS.snapshot() {
+        let _ = writeln!(out, "shardgate_errors_total{{class=\"{class}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "shardgate_query_duration_seconds",
+        "histogram",
+        "From a request's first byte written to a server to its ReadyForQuery, per server.",
+    );
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            histogram(
+                &mut out,
+                "shardgate_query_duration_seconds",
+                &format!("shard=\"{}\",server=\"{}\"", shard.name, s.addr),
+                &s.stats.latency,
+            );
+        }
+    }
     header(
         &mut out,
         "shardgate_server_up",
         "gauge",
         "1 when the server passes its health probes.",
     );
-    for shard in &src.topology.shards {
+    for shard in &topology.shards {
         for s in shard.servers() {
-            let role = match s.role() {
-                Role::Primary if shard.primary().is_some_and(|p| Arc::ptr_eq(p, s)) => "primary",
-                _ => "replica",
-            };
             let _ = writeln!(
                 out,
-                "shardgate_server_up{{shard=\"{}\",server=\"{}\",role=\"{role}\"}} {}",
+                "shardgate_server_up{{shard=\"{}\",server=\"{}\",role=\"{}\"}} {}",
                 shard.name,
                 s.addr,
+                role(shard, s),
                 u8::from(s.is_up())
             );
         }
@@ -71,7 +226,7 @@ pub fn render(src: &Sources) -> String {
         "gauge",
         "1 for a former primary replaced by failover: it gets no traffic and needs a rebuild.",
     );
-    for shard in &src.topology.shards {
+    for shard in &topology.shards {
         for s in shard.servers() {
             let _ = writeln!(
                 out,
@@ -88,7 +243,7 @@ pub fn render(src: &Sources) -> String {
         "gauge",
         "Replay lag of a replica behind its primary.",
     );
-    for shard in &src.topology.shards {
+    for shard in &topology.shards {
         for s in shard.replicas() {
             let _ = writeln!(
                 out,
@@ -105,7 +260,7 @@ pub fn render(src: &Sources) -> String {
         "counter",
         "Primaries replaced by failover.",
     );
-    for shard in &src.topology.shards {
+    for shard in &topology.shards {
         let _ = writeln!(
             out,
             "shardgate_failovers_total{{shard=\"{}\"}} {}",
@@ -119,7 +274,7 @@ pub fn render(src: &Sources) -> String {
         "gauge",
         "1 when the shard has a primary taking writes (0 during a failover or a split brain).",
     );
-    for shard in &src.topology.shards {
+    for shard in &topology.shards {
         let _ = writeln!(
             out,
             "shardgate_shard_writable{{shard=\"{}\"}} {}",
@@ -127,6 +282,41 @@ pub fn render(src: &Sources) -> String {
             u8::from(shard.primary().is_some())
         );
     }
+    header(
+        &mut out,
+        "shardgate_shard_paused",
+        "gauge",
+        "1 while the shard's new transactions are held by PAUSE.",
+    );
+    let paused = shared.pause.borrow().clone();
+    for shard in &topology.shards {
+        let _ = writeln!(
+            out,
+            "shardgate_shard_paused{{shard=\"{}\"}} {}",
+            shard.name,
+            u8::from(paused.holds(&shard.name))
+        );
+    }
+    header(
+        &mut out,
+        "shardgate_reloads_total",
+        "counter",
+        "Shard map reloads, by result (applied, refused).",
+    );
+    let status = &shared.reload_status;
+    for (result, n) in [
+        ("applied", status.applied.load(Ordering::Relaxed)),
+        ("refused", status.refused.load(Ordering::Relaxed)),
+    ] {
+        let _ = writeln!(out, "shardgate_reloads_total{{result=\"{result}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "shardgate_map_generation",
+        "gauge",
+        "The generation of the shard map in force (1 at start, +1 per applied reload).",
+    );
+    let _ = writeln!(out, "shardgate_map_generation {}", live.generation);
     out
 }
 

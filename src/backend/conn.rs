@@ -46,6 +46,9 @@ pub struct BackendConn {
     pub tx_status: u8,
     /// Set when the connection can no longer be trusted (I/O error, protocol surprise); never reused.
     pub broken: bool,
+    /// Bytes written and read by `send` and `read_frame` not yet added to the server's
+    /// statistics (the fan-out paths use them; the session loop counts its own).
+    pub unreported: (u64, u64),
 }
 
 /// Rows and outcome of a query the proxy runs for itself.
@@ -93,6 +96,7 @@ impl BackendConn {
             settings: Settings::empty(),
             tx_status: msg::TX_IDLE,
             broken: false,
+            unreported: (0, 0),
         };
         frontend::startup_message(
             [
@@ -257,6 +261,7 @@ impl BackendConn {
     pub async fn send(&mut self) -> Result<(), BackendError> {
         let addr = self.addr;
         let r = self.stream.write_all(&self.wbuf).await;
+        self.unreported.0 += self.wbuf.len() as u64;
         self.wbuf.clear();
         r.map_err(|source| {
             self.broken = true;
@@ -298,6 +303,7 @@ impl BackendConn {
                 self.broken = true;
                 return Err(BackendError::Closed { addr: self.addr });
             }
+            self.unreported.1 += n as u64;
         }
     }
 

@@ -48,6 +48,57 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// The line (1-based) of `text` where a key named in a validation error is written:
+/// `proxy.pool_size`, `shards[1].primary`, `users[0]`, `tables`. None when it is not written
+/// (a default, or an environment override).
+pub fn locate(text: &str, key: &str) -> Option<usize> {
+    let (section, field) = match key.split_once('.') {
+        Some((s, f)) => (s, Some(f)),
+        None => (key, None),
+    };
+    let (section, index) = match section.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (section, None),
+    };
+    // The field's own name, without an index (`replicas[0]` is on the `replicas` line).
+    let field = field.map(|f| f.split(['.', '[']).next().unwrap_or(f));
+    let mut seen = 0;
+    let mut inside = false;
+    let mut header_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if inside {
+                break;
+            }
+            let name = t
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if name == section {
+                if index.is_none_or(|i| i == seen) {
+                    inside = true;
+                    header_line = Some(n + 1);
+                    if field.is_none() {
+                        return header_line;
+                    }
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if let (true, Some(f)) = (inside, field)
+            && let Some(rest) = t.strip_prefix(f)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(n + 1);
+        }
+    }
+    header_line
+}
+
 /// `SHARDGATE_<SECTION>__<KEY>` variables only: other `SHARDGATE_*` names (`SHARDGATE_LOG`,
 /// `SHARDGATE_PG_BIN`) are not shard-map keys.
 fn overrides() -> std::collections::HashMap<String, String> {
@@ -333,6 +384,19 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn locates_keys_of_validation_errors() {
+        let text = "[proxy]\npool_size = 0\n\n[[shards]]\nname = \"a\"\nprimary = \"x\"\n\n[[shards]]\nname = \"b\"\nreplicas = [\"y\"]\nprimary = \"z\"\n";
+        assert_eq!(super::locate(text, "proxy.pool_size"), Some(2));
+        assert_eq!(super::locate(text, "shards[0].primary"), Some(6));
+        assert_eq!(super::locate(text, "shards[1].primary"), Some(11));
+        assert_eq!(super::locate(text, "shards[1].replicas[0]"), Some(10));
+        assert_eq!(super::locate(text, "shards[1]"), Some(8));
+        // Not written: the section's header.
+        assert_eq!(super::locate(text, "shards[1].range"), Some(8));
+        assert_eq!(super::locate(text, "health.interval"), None);
+    }
+
     use super::*;
 
     /// The example map shipped at the top of the repository.

@@ -8,7 +8,7 @@ mod load;
 mod types;
 
 pub(crate) use load::resolve;
-pub use load::{HASH_SPACE_END, load, load_str};
+pub use load::{HASH_SPACE_END, load, load_str, locate};
 pub use types::*;
 
 use thiserror::Error;
@@ -29,6 +29,25 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The message with the line of the map text the error is about, when it can be told.
+    pub fn located(&self, text: &str) -> String {
+        match self {
+            ConfigError::Invalid { key, .. } => match locate(text, key) {
+                Some(line) => format!("line {line}: {self}"),
+                None => self.to_string(),
+            },
+            _ => self.to_string(),
+        }
+    }
+
+    /// The key the error is about, if it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),

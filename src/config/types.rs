@@ -34,7 +34,7 @@ pub struct Config {
 
 /// A sharded table: its rows are spread over the shards by the hash of `shard_key`. (Or, with
 /// `replicated = true` and no key, a table every shard holds whole.)
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     pub name: String,
@@ -97,6 +97,15 @@ pub struct ProxyConfig {
     /// 0 = never.
     #[serde(deserialize_with = "duration")]
     pub idle_client_timeout: Duration,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as
+    /// `shardgate=debug`); `SHARDGATE_LOG` wins when set. Read at start.
+    pub log_level: String,
+    /// `text` (default) or `json` (one JSON object per line); `SHARDGATE_LOG_FORMAT` wins when set.
+    /// Read at start.
+    pub log_format: LogFormat,
+    /// A statement running longer than this is cancelled (57014); 0 = never.
+    #[serde(deserialize_with = "duration")]
+    pub query_timeout: Duration,
     /// On SIGTERM/SIGINT, how long open transactions may take to finish before every client is
     /// closed.
     #[serde(deserialize_with = "duration")]
@@ -122,8 +131,19 @@ impl Default for ProxyConfig {
             metrics_listen: String::new(),
             shutdown_timeout: Duration::from_secs(30),
             idle_client_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -59,6 +59,8 @@ struct UserSecret {
     /// Cleartext password, or a Postgres md5 hash (`md5` + 32 hex); empty when only a verifier is known.
     password: String,
     scram: ScramVerifier,
+    /// May use the admin console.
+    admin: bool,
 }
 
 /// The users who may connect, with precomputed SCRAM secrets.
@@ -102,7 +104,14 @@ impl Credentials {
                 } else {
                     u.password.clone()
                 };
-                (u.name.clone(), UserSecret { password, scram })
+                (
+                    u.name.clone(),
+                    UserSecret {
+                        password,
+                        scram,
+                        admin: u.admin,
+                    },
+                )
             })
             .collect();
         Credentials { users }
@@ -110,6 +119,11 @@ impl Credentials {
 
     pub fn knows(&self, user: &str) -> bool {
         self.users.contains_key(user)
+    }
+
+    /// Marked `admin = true` in `[[users]]`: may use the admin console.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.admin)
     }
 
     fn secret(&self, login: &LoginInfo) -> PgWireResult<&UserSecret> {

@@ -24,14 +24,19 @@ use crate::pool::Pools;
 /// its multiplexed connections without locks.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub pools: Pools,
+    /// Which worker this is (0-based).
+    pub index: usize,
+    /// Pools of the servers of the map in force (see `sync`).
+    pub pools: RefCell<Pools>,
+    /// The map generation `pools`, `mux_limit` and the caches were made for.
+    pub generation: std::cell::Cell<u64>,
     /// Sessions running on this worker.
     pub sessions: Arc<AtomicUsize>,
     /// Multiplexed server connections (see `multiplex`), at most `mux_limit` per server.
     pub mux: RefCell<Vec<Rc<super::multiplex::MuxConn>>>,
     /// `proxy.multiplex_connections` shared by the servers that take reads: the fewer connections
     /// the segments are spread over, the more of them go out in one write.
-    pub mux_limit: usize,
+    pub mux_limit: std::cell::Cell<usize>,
     /// Servers multiplexed connections are being opened to now (they count against `mux_limit`).
     pub mux_opening: RefCell<Vec<crate::config::ServerAddr>>,
     /// Routing plans of SQL texts (see `router`), for this thread only: no lock on a hit.
@@ -53,7 +58,8 @@ pub struct ProxyHandle {
     addr: SocketAddr,
     /// Where `/metrics` is served, when `proxy.metrics_listen` is set.
     metrics_addr: Option<SocketAddr>,
-    health: Option<crate::health::HealthChecker>,
+    /// The reload thread (it owns the health checker).
+    reloader: Option<crate::reload::Reloader>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -68,7 +74,37 @@ impl ProxyHandle {
 
     /// `proxy.shutdown_timeout`.
     pub fn shutdown_timeout(&self) -> std::time::Duration {
-        self.shared.config.proxy.shutdown_timeout
+        self.shared.live().config.proxy.shutdown_timeout
+    }
+
+    /// Reloads the map file shardgate was started with (as SIGHUP does) and waits for the outcome:
+    /// what changed, or why the map was refused (the old one keeps serving then).
+    pub async fn reload(&self) -> crate::reload::ReloadResult {
+        match self.shared.request_reload(crate::reload::Trigger::Api) {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err("the reload thread stopped".into())),
+            None => Err("the reload thread does not run".into()),
+        }
+    }
+
+    /// Asks for a reload without waiting (SIGHUP).
+    pub fn reload_soon(&self) {
+        if let Some(tx) = self
+            .shared
+            .reload_tx
+            .lock()
+            .expect("reload sender lock")
+            .as_ref()
+        {
+            tx.nudge(crate::reload::Trigger::Signal);
+        }
+    }
+
+    /// Resolves when a graceful shutdown was asked for (the admin console's SHUTDOWN).
+    pub async fn drain_requested(&self) {
+        let mut rx = self.shared.drain.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Clients connected now.
@@ -104,7 +140,7 @@ impl ProxyHandle {
     }
 
     fn stop_inner(&mut self) {
-        self.health = None;
+        self.reloader = None;
         let _ = self.shutdown.send(true);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -120,25 +156,36 @@ impl Drop for ProxyHandle {
 
 /// Binds `proxy.listen` and starts the workers. Returns once the proxy accepts connections.
 pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
+    start_with_map(config, None)
+}
+
+/// [`start`], with the map file `config` was read from: it is watched, and SIGHUP, the admin
+/// console's RELOAD and [`ProxyHandle::reload`] read it again (see `reload`).
+pub fn start_with_map(
+    config: Config,
+    map: Option<std::path::PathBuf>,
+) -> std::io::Result<ProxyHandle> {
     let listener = std::net::TcpListener::bind(config.listen_addr())?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let workers = config.worker_count();
     let decisions = open_decision_log(&config.proxy.state_dir)?;
     let shared = Arc::new(Shared::new(config, decisions));
-    let state_dir = &shared.config.proxy.state_dir;
+    let live = shared.live();
+    let state_dir = &live.config.proxy.state_dir;
     let fenced = Arc::new(crate::failover::Fenced::load(
         (!state_dir.is_empty()).then(|| std::path::Path::new(state_dir)),
-        &shared.topology,
+        &live.topology,
     ));
     let health = crate::health::start(
-        shared.topology.clone(),
-        shared.config.backend.clone(),
-        shared.config.health.clone(),
-        shared.config.failover.clone(),
-        fenced,
+        live.topology.clone(),
+        live.config.backend.clone(),
+        live.config.health.clone(),
+        live.config.failover.clone(),
+        fenced.clone(),
         shared.decisions.clone(),
     )?;
+    let reloader = crate::reload::start(shared.clone(), map, health, fenced)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let mut senders = Vec::with_capacity(workers);
@@ -155,44 +202,32 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
             std::thread::Builder::new()
                 .name(format!("shardgate-w{index}"))
                 .spawn(move || {
-                    let pools = Pools::new(&shared.config, workers);
-                    // Multiplexed connections come out of the pool: leave at least three quarters
-                    // of it to transactions.
-                    let config = &shared.config;
-                    let readers = config.shards[0].replicas.len()
-                        + usize::from(
-                            config.routing.read_from_primary
-                                || config.shards[0].replicas.is_empty(),
-                        );
-                    let mux_limit = match config
-                        .proxy
-                        .multiplex_connections
-                        .min(pools.per_worker() / 4)
-                    {
-                        0 => 0,
-                        n => (n / readers.max(1)).max(1),
-                    };
+                    let live = shared.live();
+                    let pools = Pools::new(&live.config, workers);
                     let worker = Worker {
-                        pools,
+                        mux_limit: std::cell::Cell::new(mux_limit(&live.config, &pools)),
+                        pools: RefCell::new(pools),
+                        generation: std::cell::Cell::new(live.generation),
                         mux: RefCell::new(Vec::new()),
-                        mux_limit,
                         mux_opening: RefCell::new(Vec::new()),
                         routes: RefCell::new(crate::router::RouteCache::new(
                             ROUTE_CACHE_SIZE,
-                            shared.classify.clone(),
+                            live.classify.clone(),
                         )),
                         text_speeds: RefCell::new(HashMap::new()),
                         merges: RefCell::new(HashMap::new()),
                         spread: std::cell::Cell::new(0),
                         shared,
                         sessions,
+                        index,
                     };
+                    worker.publish_pools();
                     run_worker(worker, rx, stop)
                 })?,
         );
     }
     let mut metrics_addr = None;
-    let metrics_listen = shared.config.proxy.metrics_listen.trim().to_string();
+    let metrics_listen = live.config.proxy.metrics_listen.trim().to_string();
     if !metrics_listen.is_empty() {
         let l = std::net::TcpListener::bind(&metrics_listen).map_err(|e| {
             std::io::Error::new(
@@ -203,7 +238,6 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
         l.set_nonblocking(true)?;
         metrics_addr = Some(l.local_addr()?);
         let src = crate::metrics::Sources {
-            topology: shared.topology.clone(),
             shared: shared.clone(),
         };
         let stop = shutdown_rx.clone();
@@ -224,11 +258,87 @@ pub fn start(config: Config) -> std::io::Result<ProxyHandle> {
     Ok(ProxyHandle {
         addr,
         metrics_addr,
-        health: Some(health),
+        reloader: Some(reloader),
         shutdown,
         threads,
         shared,
     })
+}
+
+/// Multiplexed connections per server of a worker: they come out of the pool, so at least three
+/// quarters of it is left to transactions, and the servers that take reads share
+/// `proxy.multiplex_connections`.
+fn mux_limit(config: &Config, pools: &Pools) -> usize {
+    let readers = config.shards[0].replicas.len()
+        + usize::from(config.routing.read_from_primary || config.shards[0].replicas.is_empty());
+    match config
+        .proxy
+        .multiplex_connections
+        .min(pools.per_worker() / 4)
+    {
+        0 => 0,
+        n => (n / readers.max(1)).max(1),
+    }
+}
+
+impl Worker {
+    /// Checks out a connection to `addr` (of shard `shard`, for messages).
+    pub async fn checkout(
+        &self,
+        shard: &str,
+        addr: crate::config::ServerAddr,
+    ) -> Result<crate::pool::Checkout, crate::errors::SessionError> {
+        let (pool, waited) = {
+            let mut pools = self.pools.borrow_mut();
+            (pools.pool(addr), pools.wait_timeout())
+        };
+        let started = std::time::Instant::now();
+        let got = crate::pool::get(pool, waited, shard, addr).await;
+        self.shared.pool_wait.record(started.elapsed());
+        got
+    }
+
+    /// Brings the worker in line with the map in force if a reload installed a new one: pools for
+    /// new servers, pools of removed servers dropped (their idle connections close now, the others
+    /// when given back), multiplexed connections to removed servers closed, caches that depend on
+    /// the map emptied. Returns the map in force.
+    pub fn sync(&self) -> Arc<crate::reload::Live> {
+        let live = self.shared.live();
+        if live.generation == self.generation.get() {
+            return live;
+        }
+        let workers = live.config.worker_count();
+        self.pools.borrow_mut().update(&live.config, workers);
+        self.mux_limit
+            .set(mux_limit(&live.config, &self.pools.borrow()));
+        self.mux.borrow_mut().retain(|m| {
+            let kept = live
+                .topology
+                .server(m.server.addr)
+                .is_some_and(|s| Arc::ptr_eq(s, &m.server));
+            if !kept {
+                m.retire();
+            }
+            kept
+        });
+        let mut routes = self.routes.borrow_mut();
+        if !Arc::ptr_eq(routes.options(), &live.classify) {
+            *routes = crate::router::RouteCache::new(ROUTE_CACHE_SIZE, live.classify.clone());
+        }
+        self.merges.borrow_mut().clear();
+        self.generation.set(live.generation);
+        self.publish_pools();
+        live
+    }
+
+    /// Puts this worker's pools in `Shared::pools` (for `SHOW POOLS` and `/metrics`).
+    fn publish_pools(&self) {
+        let mut all = self.shared.pools.lock().expect("pool registry lock");
+        all.retain(|(w, _), _| *w != self.index);
+        for (addr, pool) in self.pools.borrow().all() {
+            all.insert((self.index, *addr), pool.clone());
+        }
+    }
 }
 
 /// The decision log in `state_dir` (created if need be), or None when no state dir is set.
@@ -308,9 +418,14 @@ fn run_worker(
         // The acceptor stops handing out sockets when shardgate drains; the sessions here go on
         // until they end or `stop`.
         let mut accepting = true;
+        let mut reloaded = worker.shared.reloaded.subscribe();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
+                // A new map: pools of removed servers go even when no session here is active.
+                _ = reloaded.changed() => {
+                    worker.sync();
+                }
                 socket = sockets.recv(), if accepting => {
                     let Some(socket) = socket else {
                         accepting = false;

@@ -181,6 +181,13 @@ impl MuxConn {
         self.broken.get()
     }
 
+    /// Takes no more segments; the connection closes once the queued ones are answered (its server
+    /// left the shard map).
+    pub fn retire(&self) {
+        self.broken.set(true);
+        self.flush.notify_one();
+    }
+
     pub fn in_flight(&self) -> usize {
         self.waiters.borrow().len()
     }
@@ -258,7 +265,10 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
             }
             while !conn.wbuf.is_empty() {
                 match conn.stream.try_write(&conn.wbuf) {
-                    Ok(n) => conn.wbuf.advance(n),
+                    Ok(n) => {
+                        conn.wbuf.advance(n);
+                        mux.server.stats.sent(n);
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e.to_string()),
                 }
@@ -335,7 +345,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
     }
     match conn.stream.try_read_buf(&mut conn.rbuf) {
         Ok(0) => return Err("the server closed the connection".into()),
-        Ok(_) => {}
+        Ok(n) => mux.server.stats.received(n),
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
         Err(e) => return Err(e.to_string()),
     }
@@ -362,6 +372,8 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
                 mux.broken.set(true);
             }
             be::ERROR_RESPONSE => {
+                mux.server.stats.error();
+                crate::errors::CLIENT_ERRORS.count_body(body);
                 let severity = be::error_field(body, b'V');
                 if matches!(severity, Some(b"FATAL" | b"PANIC")) {
                     return Err(String::from_utf8_lossy(
@@ -402,6 +414,11 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
             let now = Instant::now();
             let began = w.written.map_or(now, |t| t.max(mux.last_done.get()));
             mux.last_done.set(now);
+            mux.server.stats.answered(
+                crate::topology::stats::RouteKind::Single,
+                Some(now.duration_since(began)),
+                true,
+            );
             if let Some(speed) = &w.speed {
                 let took = now.duration_since(began);
                 if took > SLOW {

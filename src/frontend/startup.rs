@@ -47,6 +47,9 @@ pub struct Ready {
     pub startup_settings: Arc<Settings>,
     /// The client's address: the socket's peer, or what a PROXY protocol header said.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// Connected to the admin console (database `shardgate`).
+    pub admin: bool,
+    pub database: String,
 }
 
 /// Serves one client connection from its first byte to its last.
@@ -61,7 +64,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         let _count = ClientCount(&shared.clients);
         let cancel = shared.cancels.register();
-        let too_many = clients > shared.config.proxy.max_client_connections;
+        let too_many = clients > shared.live().config.proxy.max_client_connections;
         let ready = match tokio::time::timeout(
             STARTUP_TIMEOUT,
             startup(&worker, stream, cancel.pid, cancel.slot.secret, too_many),
@@ -80,7 +83,20 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             }
         };
         tracing::Span::current().record("user", ready.user.as_str());
-        Session::new(worker, ready, cancel.slot.clone()).run().await;
+        let registered = shared.client_list.register(
+            ready.client_addr,
+            &ready.user,
+            &ready.database,
+            ready.admin,
+        );
+        if ready.admin {
+            crate::admin::serve(shared.clone(), ready).await;
+        } else {
+            Session::new(worker, ready, cancel.slot.clone(), registered.info.clone())
+                .run()
+                .await;
+        }
+        drop(registered);
         drop(cancel);
     }
     .instrument(span)
@@ -97,7 +113,7 @@ impl Drop for ClientCount<'_> {
 /// Sends a FATAL error straight to the socket.
 async fn fatal(framed: &mut ClientFramed, err: &SessionError) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    err.write_to(&mut out);
+    err.write_fatal_to(&mut out);
     let _ = framed.flush().await;
     let io = framed.get_mut();
     io.write_all(&out).await?;
@@ -117,7 +133,7 @@ async fn startup(
         Ok(a) => a,
         Err(e) => {
             let mut out = BytesMut::new();
-            e.write_to(&mut out);
+            e.write_fatal_to(&mut out);
             let _ = stream.write_all(&out).await;
             close_gracefully(&mut stream).await;
             return Err(e);
@@ -151,16 +167,22 @@ async fn startup(
         }
     };
     let result = authenticate(worker, &mut framed, &startup, too_many).await;
-    let (user, startup_settings) = match result {
-        Ok((user, settings)) => (user, Arc::new(settings)),
+    let (user, startup_settings, database) = match result {
+        Ok((user, settings, database)) => (user, Arc::new(settings), database),
         Err(e) => {
             let _ = fatal(&mut framed, &e).await;
             return Err(e);
         }
     };
 
-    // ParameterStatus as a real server reports it for these settings.
-    let params = match startup_params(worker, &startup_settings).await {
+    let admin = database == crate::admin::DATABASE;
+    // ParameterStatus as a real server reports it for these settings (the admin console needs
+    // no server).
+    let params = match if admin {
+        Ok(crate::admin::server_params())
+    } else {
+        startup_params(worker, &startup_settings).await
+    } {
         Ok(p) => p,
         Err(e) => {
             let _ = fatal(&mut framed, &e).await;
@@ -190,6 +212,8 @@ async fn startup(
         user,
         startup_settings,
         client_addr,
+        admin,
+        database,
     }))
 }
 
@@ -219,7 +243,8 @@ async fn client_address(
     stream: &mut TcpStream,
 ) -> Result<Option<std::net::SocketAddr>, SessionError> {
     let peer = stream.peer_addr().ok();
-    let proxy = &worker.shared.config.proxy;
+    let live = worker.shared.live();
+    let proxy = &live.config.proxy;
     if !proxy.proxy_protocol {
         return Ok(peer);
     }
@@ -253,8 +278,8 @@ async fn authenticate(
     framed: &mut ClientFramed,
     startup: &pgwire::messages::startup::Startup,
     too_many: bool,
-) -> Result<(String, Settings), SessionError> {
-    let shared = &worker.shared;
+) -> Result<(String, Settings, String), SessionError> {
+    let live = worker.shared.live();
     if too_many {
         return Err(SessionError::TooManyClients);
     }
@@ -287,13 +312,13 @@ async fn authenticate(
     if params.contains_key("replication") && params["replication"] != "false" {
         return Err(SessionError::Replication);
     }
-    if !shared.auth.knows(&user) {
+    if !live.auth.knows(&user) {
         return Err(SessionError::UnknownUser(user));
     }
     save_startup_parameters_to_metadata(framed, startup);
 
-    let source = shared.auth.clone();
-    let mechanism = match shared.config.proxy.auth_method {
+    let source = live.auth.clone();
+    let mechanism = match live.config.proxy.auth_method {
         AuthMethod::ScramSha256 => ScramAuth::new(source).create(),
         AuthMethod::Md5 => Md5PasswordAuth::new(source).create(),
     };
@@ -333,10 +358,14 @@ async fn authenticate(
         .get("database")
         .cloned()
         .unwrap_or_else(|| user.clone());
-    if database != shared.config.backend.database {
+    let admin = database == crate::admin::DATABASE;
+    if admin && !live.auth.is_admin(&user) {
+        return Err(SessionError::NotAdmin(user));
+    }
+    if !admin && database != live.config.backend.database {
         return Err(SessionError::UnknownDatabase(database));
     }
-    Ok((user, session_state::from_startup(params)))
+    Ok((user, session_state::from_startup(params), database))
 }
 
 /// The ParameterStatus values for `settings`: from the cache, or by applying them on a real server.
@@ -345,6 +374,7 @@ async fn startup_params(
     settings: &Arc<Settings>,
 ) -> Result<Arc<ServerParams>, SessionError> {
     let shared = &worker.shared;
+    let live = shared.live();
     if let Some(p) = shared
         .startup_params
         .lock()
@@ -353,9 +383,9 @@ async fn startup_params(
     {
         return Ok(p.clone());
     }
-    let shard = shared.config.shards[0].name.clone();
-    let addr = shared.config.default_primary();
-    let mut conn = worker.pools.get(&shard, addr).await?;
+    let shard = live.config.shards[0].name.clone();
+    let addr = live.config.default_primary();
+    let mut conn = worker.checkout(&shard, addr).await?;
     let lost = |e: crate::errors::BackendError| SessionError::BackendUnavailable {
         shard: shard.clone(),
         source: e,

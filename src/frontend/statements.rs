@@ -27,6 +27,8 @@ pub struct Statement {
     pub speed: Arc<super::multiplex::StatementSpeed>,
     /// Where it may run (classified once, when first prepared).
     pub plan: Arc<crate::router::Plan>,
+    /// The options `plan` was made with (a reload that changes them makes new statements).
+    pub options: Arc<crate::router::ClassifyOptions>,
 }
 
 /// The proxy-wide table of statements. Locked only when a client parses a named statement.
@@ -43,10 +45,12 @@ impl StatementRegistry {
     pub fn intern(
         &self,
         parse_rest: &[u8],
-        opts: &crate::router::ClassifyOptions,
+        opts: &Arc<crate::router::ClassifyOptions>,
     ) -> Arc<Statement> {
         let mut map = self.by_text.lock().expect("statement registry lock");
-        if let Some(live) = map.get(parse_rest).and_then(Weak::upgrade) {
+        if let Some(live) = map.get(parse_rest).and_then(Weak::upgrade)
+            && Arc::ptr_eq(&live.options, opts)
+        {
             return live;
         }
         if map.len() >= 1024 && map.len().is_power_of_two() {
@@ -72,6 +76,7 @@ impl StatementRegistry {
         });
         let stmt = Arc::new(Statement {
             plan,
+            options: opts.clone(),
             id,
             server_name: Bytes::from(format!("_sg_{id}")),
             changes_session: crate::session_state::text_may_change_session(text),
@@ -97,10 +102,10 @@ mod tests {
     #[test]
     fn same_text_same_statement_until_dropped() {
         let r = StatementRegistry::default();
-        let o = crate::router::ClassifyOptions {
+        let o = Arc::new(crate::router::ClassifyOptions {
             write_functions: vec![],
             ..Default::default()
-        };
+        });
         let a = r.intern(b"select 1\0\0\0", &o);
         let b = r.intern(b"select 1\0\0\0", &o);
         assert_eq!(a.id, b.id);

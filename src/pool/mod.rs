@@ -48,38 +48,76 @@ pub struct Pools {
     pools: HashMap<ServerAddr, Pool>,
     wait_timeout: Duration,
     per_worker: usize,
+    /// What the pools were built with: a change rebuilds them.
+    backend: BackendConfig,
+    connect_timeout: Duration,
 }
 
 impl Pools {
     /// Pools for every server of the map, each of `pool_size / workers` connections (at least 1).
     pub fn new(config: &Config, workers: usize) -> Pools {
+        let mut pools = Pools {
+            pools: HashMap::new(),
+            wait_timeout: config.proxy.pool_wait_timeout,
+            per_worker: 0,
+            backend: config.backend.clone(),
+            connect_timeout: config.proxy.connect_timeout,
+        };
+        pools.update(config, workers);
+        pools
+    }
+
+    /// Brings the pools in line with a (reloaded) map: new servers get a pool, removed servers'
+    /// pools are dropped (idle connections close now, checked-out ones when given back), sizes
+    /// follow `proxy.pool_size`; a change of `[backend]` or the timeouts rebuilds every pool (old
+    /// connections close as they come back).
+    pub fn update(&mut self, config: &Config, workers: usize) {
         let per_worker = config.proxy.pool_size.div_ceil(workers.max(1)).max(1);
-        let mut pools = HashMap::new();
+        let rebuild = self.backend.user != config.backend.user
+            || self.backend.password != config.backend.password
+            || self.backend.database != config.backend.database
+            || self.connect_timeout != config.proxy.connect_timeout
+            || self.wait_timeout != config.proxy.pool_wait_timeout;
+        if rebuild {
+            self.pools.clear();
+        }
+        self.backend = config.backend.clone();
+        self.connect_timeout = config.proxy.connect_timeout;
+        self.wait_timeout = config.proxy.pool_wait_timeout;
+        let mut wanted = HashMap::new();
         for shard in &config.shards {
-            for addr in std::iter::once(&shard.primary).chain(shard.replicas.iter()) {
+            for spec in std::iter::once(&shard.primary).chain(shard.replicas.iter()) {
                 let addr =
-                    ServerAddr(crate::config::resolve(addr.addr()).expect("validated at load"));
-                pools.entry(addr).or_insert_with(|| {
-                    managed::Pool::builder(BackendManager {
-                        addr,
-                        backend: config.backend.clone(),
-                        connect_timeout: config.proxy.connect_timeout,
-                    })
-                    .max_size(per_worker)
-                    .queue_mode(QueueMode::Lifo)
-                    .wait_timeout(Some(config.proxy.pool_wait_timeout))
-                    .create_timeout(Some(config.proxy.connect_timeout))
-                    .runtime(Runtime::Tokio1)
-                    .build()
-                    .expect("runtime is set")
-                });
+                    ServerAddr(crate::config::resolve(spec.addr()).expect("validated at load"));
+                let pool = match self.pools.remove(&addr) {
+                    Some(p) => {
+                        if per_worker != self.per_worker {
+                            p.resize(per_worker);
+                        }
+                        p
+                    }
+                    None => self.build(addr, per_worker),
+                };
+                wanted.insert(addr, pool);
             }
         }
-        Pools {
-            pools,
-            wait_timeout: config.proxy.pool_wait_timeout,
-            per_worker,
-        }
+        self.pools = wanted;
+        self.per_worker = per_worker;
+    }
+
+    fn build(&self, addr: ServerAddr, size: usize) -> Pool {
+        managed::Pool::builder(BackendManager {
+            addr,
+            backend: self.backend.clone(),
+            connect_timeout: self.connect_timeout,
+        })
+        .max_size(size)
+        .queue_mode(QueueMode::Lifo)
+        .wait_timeout(Some(self.wait_timeout))
+        .create_timeout(Some(self.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .expect("runtime is set")
     }
 
     /// Connections each pool of this worker may hold.
@@ -87,33 +125,55 @@ impl Pools {
         self.per_worker
     }
 
-    /// Checks out a connection to `addr` of shard `shard`, waiting up to `proxy.pool_wait_timeout`.
-    pub async fn get(&self, shard: &str, addr: ServerAddr) -> Result<Checkout, SessionError> {
-        let pool = self
-            .pools
-            .get(&addr)
-            .expect("every server of the map has a pool");
-        pool.get().await.map_err(|e| match e {
-            PoolError::Timeout(managed::TimeoutType::Wait) => SessionError::PoolTimeout {
-                shard: shard.to_string(),
-                server: addr,
-                waited: self.wait_timeout,
-            },
-            PoolError::Timeout(_) => SessionError::BackendUnavailable {
-                shard: shard.to_string(),
-                source: BackendError::ConnectTimeout { addr },
-            },
-            PoolError::Backend(source) => SessionError::BackendUnavailable {
-                shard: shard.to_string(),
-                source,
-            },
-            other => SessionError::BackendUnavailable {
-                shard: shard.to_string(),
-                source: BackendError::Connect {
-                    addr,
-                    source: std::io::Error::other(other.to_string()),
-                },
-            },
-        })
+    /// The pool of `addr`; a server no longer in the map (a transaction that began before a
+    /// reload) gets a pool made for it, dropped at the next reload.
+    pub fn pool(&mut self, addr: ServerAddr) -> Pool {
+        if let Some(p) = self.pools.get(&addr) {
+            return p.clone();
+        }
+        let p = self.build(addr, self.per_worker.max(1));
+        self.pools.insert(addr, p.clone());
+        p
     }
+
+    /// Every pool, by server (for the admin console and metrics).
+    pub fn all(&self) -> impl Iterator<Item = (&ServerAddr, &Pool)> {
+        self.pools.iter()
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
+    }
+}
+
+/// Checks out a connection to `addr` of shard `shard` from `pool`, waiting up to
+/// `proxy.pool_wait_timeout` (`waited`, for the message).
+pub async fn get(
+    pool: Pool,
+    waited: Duration,
+    shard: &str,
+    addr: ServerAddr,
+) -> Result<Checkout, SessionError> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Timeout(managed::TimeoutType::Wait) => SessionError::PoolTimeout {
+            shard: shard.to_string(),
+            server: addr,
+            waited,
+        },
+        PoolError::Timeout(_) => SessionError::BackendUnavailable {
+            shard: shard.to_string(),
+            source: BackendError::ConnectTimeout { addr },
+        },
+        PoolError::Backend(source) => SessionError::BackendUnavailable {
+            shard: shard.to_string(),
+            source,
+        },
+        other => SessionError::BackendUnavailable {
+            shard: shard.to_string(),
+            source: BackendError::Connect {
+                addr,
+                source: std::io::Error::other(other.to_string()),
+            },
+        },
+    })
 }

@@ -167,6 +167,63 @@ pub fn write_text_column(out: &mut BytesMut, name: &str) {
     out.put_i16(0); // text format
 }
 
+/// RowDescription of text columns.
+pub fn write_text_columns(out: &mut BytesMut, names: &[&str]) {
+    let len = 4 + 2 + names.iter().map(|n| n.len() + 1 + 18).sum::<usize>();
+    out.put_u8(ROW_DESCRIPTION);
+    out.put_i32(len as i32);
+    out.put_i16(names.len() as i16);
+    for name in names {
+        out.extend_from_slice(name.as_bytes());
+        out.put_u8(0);
+        out.put_i32(0); // table
+        out.put_i16(0); // column
+        out.put_i32(25); // text
+        out.put_i16(-1);
+        out.put_i32(-1);
+        out.put_i16(0); // text format
+    }
+}
+
+/// DataRow of text values (None: NULL).
+pub fn write_text_values<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
+    let len = 4
+        + 2
+        + values
+            .iter()
+            .map(|v| 4 + v.as_ref().map_or(0, |v| v.as_ref().len()))
+            .sum::<usize>();
+    out.put_u8(DATA_ROW);
+    out.put_i32(len as i32);
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.as_ref().len() as i32);
+                out.extend_from_slice(v.as_ref().as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+}
+
+/// NoticeResponse with a message (severity NOTICE).
+pub fn write_notice(out: &mut BytesMut, message: &str) {
+    let body = 2 * (6 + 2) + 5 + 2 + message.len() + 2 + 1;
+    frame(out, NOTICE_RESPONSE, body);
+    for (field, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', message),
+    ] {
+        out.put_u8(field);
+        out.put_slice(value.as_bytes());
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+}
+
 /// DataRow of one text value.
 pub fn write_text_row(out: &mut BytesMut, value: &str) {
     out.put_u8(DATA_ROW);

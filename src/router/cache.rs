@@ -55,6 +55,11 @@ impl RouteCache {
         }
     }
 
+    /// The options plans are made with.
+    pub fn options(&self) -> &Arc<ClassifyOptions> {
+        &self.opts
+    }
+
     /// The plan for one SQL text. A text that is not UTF-8 is unparsed (primary).
     pub fn plan(&mut self, sql: &[u8]) -> Arc<Plan> {
         if sql.len() > MAX_CACHED_LEN || self.capacity == 0 {

@@ -43,7 +43,7 @@ pub fn pick_read<'a>(
 ) -> &'a Arc<ServerState> {
     let primary = shard.primary();
     let primary_reads = read_from_primary
-        && primary.is_some_and(|p| p.weight > 0 && ctx.exclude != Some(p.addr) && p.is_up());
+        && primary.is_some_and(|p| p.weight() > 0 && ctx.exclude != Some(p.addr) && p.is_up());
     let eligible = |s: &&Arc<ServerState>| {
         if primary.is_some_and(|p| Arc::ptr_eq(s, p)) {
             primary_reads
@@ -71,14 +71,14 @@ fn round_robin(
     let total: u64 = shard
         .servers()
         .filter(&eligible)
-        .map(|s| u64::from(s.weight))
+        .map(|s| u64::from(s.weight()))
         .sum();
     if total == 0 {
         return None;
     }
     let mut turn = shard.rotation.fetch_add(1, Ordering::Relaxed) as u64 % total;
     for s in shard.servers().filter(&eligible) {
-        let w = u64::from(s.weight);
+        let w = u64::from(s.weight());
         if turn < w {
             return Some(s);
         }
@@ -91,7 +91,7 @@ fn least_connections(
     shard: &Shard,
     eligible: impl Fn(&&Arc<ServerState>) -> bool,
 ) -> Option<&Arc<ServerState>> {
-    let load = |s: &Arc<ServerState>| (s.busy() as u64 * 1_000_000) / u64::from(s.weight.max(1));
+    let load = |s: &Arc<ServerState>| (s.busy() as u64 * 1_000_000) / u64::from(s.weight().max(1));
     let least = shard.servers().filter(&eligible).map(&load).min()?;
     let least_ones = || {
         shard
@@ -115,7 +115,7 @@ fn source(
     shard
         .servers()
         .filter(eligible)
-        .map(|s| (rendezvous_score(client, s.addr, s.weight), s))
+        .map(|s| (rendezvous_score(client, s.addr, s.weight()), s))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, s)| s)
 }

@@ -6,6 +6,7 @@
 //! they run on each server (for `least_connections`). Nothing here opens a socket.
 
 pub mod balance;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,8 +50,8 @@ pub struct ServerState {
     writable: AtomicBool,
     /// It has been probed at least once (passed or failed).
     probed: AtomicBool,
-    /// Share of reads relative to the shard's other servers; 0 = never reads.
-    pub weight: u32,
+    /// Share of reads relative to the shard's other servers; 0 = never reads (changed by a reload).
+    weight: AtomicU32,
     /// Passed its last probes (or has not failed `ban_after` in a row yet).
     up: AtomicBool,
     /// Replay lag over `health.max_replica_lag[_bytes]`.
@@ -66,6 +67,8 @@ pub struct ServerState {
     busy: AtomicUsize,
     /// Wakes the health checker for an early probe (a session saw the server fail).
     pub probe_now: Notify,
+    /// What went through it (kept across reloads with the server).
+    pub stats: stats::ServerStats,
 }
 
 impl ServerState {
@@ -80,7 +83,7 @@ impl ServerState {
             fenced: AtomicBool::new(false),
             writable: AtomicBool::new(false),
             probed: AtomicBool::new(false),
-            weight,
+            weight: AtomicU32::new(weight),
             up: AtomicBool::new(true),
             lagging: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -89,6 +92,7 @@ impl ServerState {
             lag_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             probe_now: Notify::new(),
+            stats: stats::ServerStats::default(),
         }
     }
 
@@ -107,6 +111,15 @@ impl ServerState {
         self.role.store(v, Ordering::Relaxed);
     }
 
+    /// Its share of reads relative to the shard's other servers; 0 = never reads.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
     }
@@ -114,6 +127,11 @@ impl ServerState {
     /// Replaced by failover: no more client traffic.
     pub fn fence(&self) {
         self.fenced.store(true, Ordering::Relaxed);
+    }
+
+    /// The shard map changed around it (it was rebuilt and listed again): traffic again.
+    fn unfence(&self) {
+        self.fenced.store(false, Ordering::Relaxed);
     }
 
     pub fn is_writable(&self) -> bool {
@@ -139,7 +157,7 @@ impl ServerState {
 
     /// May take reads now: up, not lagging, with a weight, not fenced.
     pub fn takes_reads(&self) -> bool {
-        self.weight > 0 && self.is_up() && !self.is_lagging() && !self.is_fenced()
+        self.weight() > 0 && self.is_up() && !self.is_lagging() && !self.is_fenced()
     }
 
     /// Replayed (replica) or written (primary) WAL position, as of the last probe.
@@ -299,6 +317,33 @@ impl Shard {
         self.split_brain.store(split_brain, Ordering::Release);
     }
 
+    /// Takes over the runtime state of the same shard under the previous map (entry unchanged):
+    /// its primary (by address; failover may have moved it), split brain, failover count.
+    fn carry_over(&self, old: &Shard) {
+        let primary = old.primary.load(Ordering::Acquire);
+        let index = old
+            .servers
+            .get(primary)
+            .and_then(|p| self.servers.iter().position(|s| s.addr == p.addr))
+            .unwrap_or(NO_PRIMARY);
+        self.primary.store(index, Ordering::Release);
+        self.split_brain
+            .store(old.split_brain.load(Ordering::Acquire), Ordering::Release);
+        self.failovers.store(old.failovers(), Ordering::Relaxed);
+        for (i, s) in self.servers.iter().enumerate() {
+            if i == index {
+                s.set_role(Role::Primary);
+            } else if index != NO_PRIMARY {
+                s.set_role(Role::Replica);
+            }
+        }
+    }
+
+    /// A failover runs: no primary, and not because of a split brain.
+    pub fn failing_over(&self) -> bool {
+        self.primary.load(Ordering::Acquire) == NO_PRIMARY && !self.is_split_brain()
+    }
+
     pub fn count_failover(&self) {
         self.failovers.fetch_add(1, Ordering::Relaxed);
     }
@@ -321,22 +366,69 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(config: &Config) -> Topology {
+        Topology::rebuild(config, None)
+    }
+
+    /// The topology of a reloaded shard map. Servers it shares with `old` (same address, same shard)
+    /// keep what is known of them: health, lag, busy counts, fencing. A shard whose entry did not
+    /// change (same primary, same servers) keeps the primary failover gave it, its split-brain state
+    /// and its failover count; a shard whose entry changed takes the map's primary and its fenced
+    /// servers are let back in (rebuilding them and changing the map is how an operator says so).
+    pub fn rebuild(config: &Config, old: Option<(&Topology, &Config)>) -> Topology {
         let mut by_addr = HashMap::new();
-        let mut server = |spec: &ServerSpec, shard: &str, role: Role| {
-            let addr = ServerAddr(resolve(spec.addr()).expect("validated at load"));
-            by_addr
-                .entry(addr)
-                .or_insert_with(|| Arc::new(ServerState::new(addr, shard, role, spec.weight())))
-                .clone()
-        };
+        let addr_of =
+            |spec: &ServerSpec| ServerAddr(resolve(spec.addr()).expect("validated at load"));
         let shards = config
             .shards
             .iter()
             .map(|s| {
-                let servers = std::iter::once(server(&s.primary, &s.name, Role::Primary))
-                    .chain(s.replicas.iter().map(|r| server(r, &s.name, Role::Replica)))
+                let members: Vec<(ServerAddr, u32, Role)> =
+                    std::iter::once((addr_of(&s.primary), s.primary.weight(), Role::Primary))
+                        .chain(
+                            s.replicas
+                                .iter()
+                                .map(|r| (addr_of(r), r.weight(), Role::Replica)),
+                        )
+                        .collect();
+                let before = old.and_then(|(topology, config)| {
+                    let shard = topology.shards.iter().find(|o| o.name == s.name)?;
+                    let spec = config.shards.iter().find(|o| o.name == s.name)?;
+                    let mut was: Vec<ServerAddr> = std::iter::once(&spec.primary)
+                        .chain(spec.replicas.iter())
+                        .map(addr_of)
+                        .collect();
+                    let mut now: Vec<ServerAddr> = members.iter().map(|m| m.0).collect();
+                    let same_primary = was[0] == now[0];
+                    was.sort();
+                    now.sort();
+                    Some((topology, shard, same_primary && was == now))
+                });
+                let servers: Vec<Arc<ServerState>> = members
+                    .iter()
+                    .map(|&(addr, weight, role)| {
+                        let kept = before.and_then(|(topology, _, _)| {
+                            topology.server(addr).filter(|k| k.shard == s.name)
+                        });
+                        let server = match kept {
+                            Some(k) => {
+                                k.set_weight(weight);
+                                if !before.is_some_and(|(_, _, unchanged)| unchanged) {
+                                    k.unfence();
+                                    k.set_role(role);
+                                }
+                                k.clone()
+                            }
+                            None => Arc::new(ServerState::new(addr, &s.name, role, weight)),
+                        };
+                        by_addr.entry(addr).or_insert_with(|| server.clone());
+                        server
+                    })
                     .collect();
-                Shard::new(&s.name, servers)
+                let shard = Shard::new(&s.name, servers);
+                if let Some((_, old_shard, true)) = before {
+                    shard.carry_over(old_shard);
+                }
+                shard
             })
             .collect();
         Topology { shards, by_addr }

@@ -147,6 +147,26 @@ impl Ctx {
         })
     }
 
+    /// Starts an in-process proxy from a map file holding `map` (watched and reloadable: see
+    /// [`MapFile::write`] and `ProxyHandle::reload`).
+    pub fn start_proxy_from_file(&self, map: &str) -> anyhow::Result<(ProxyUnderTest, MapFile)> {
+        let dir = tempfile::tempdir().context("a directory for the map file")?;
+        let file = MapFile {
+            path: dir.path().join("shard-map.toml"),
+            _dir: dir,
+        };
+        file.write(map)?;
+        let config = shardgate::config::load(&file.path).context("loading the test shard map")?;
+        let handle = shardgate::start_with_map(config, Some(file.path.clone()))
+            .context("starting the proxy")?;
+        Ok((
+            ProxyUnderTest {
+                handle: Some(handle),
+            },
+            file,
+        ))
+    }
+
     /// A client straight to the shared primary, as `app`.
     pub async fn direct_client(&self) -> anyhow::Result<Client> {
         connect(&self.primary()?.app_conninfo()).await
@@ -265,6 +285,23 @@ pub fn teardown(ctx: Arc<Ctx>) {
             "suite: clusters stopped in {:.2}s",
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// A shard map file in a temp dir (removed on drop).
+pub struct MapFile {
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MapFile {
+    /// Replaces the file's text in one step (write a temp file, rename), as editors and config
+    /// management tools do.
+    pub fn write(&self, map: &str) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, map).context("writing the map file")?;
+        std::fs::rename(&tmp, &self.path).context("replacing the map file")?;
+        Ok(())
     }
 }
 

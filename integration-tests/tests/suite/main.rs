@@ -4,14 +4,17 @@
 //! Add a module: write `mod foo;` below with `tests![...]` in it, and list `foo::TESTS` in
 //! `MODULES`. Run one test: `cargo test -p integration-tests --test suite -- smoke::select_through_proxy`.
 
+mod admin;
 mod bad_input;
 mod balancing;
 mod failover;
 mod harness;
+mod limits;
 mod multiplexing;
 mod pooling;
 mod protocol_errors;
 mod rawclient;
+mod reload;
 mod replica_health;
 mod routing;
 mod sharded;
@@ -44,6 +47,9 @@ const MODULES: &[&[Test]] = &[
     wire_messages::TESTS,
     wire_startup::TESTS,
     pooling::TESTS,
+    limits::TESTS,
+    reload::TESTS,
+    admin::TESTS,
     bad_input::TESTS,
     protocol_errors::TESTS,
     multiplexing::TESTS,

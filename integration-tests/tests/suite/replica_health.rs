@@ -38,6 +38,7 @@ fn is_up(proxy: &ProxyUnderTest, port: u16) -> bool {
     proxy
         .handle()
         .shared()
+        .live()
         .topology
         .server(server_addr(port))
         .is_some_and(|s| s.is_up())
@@ -47,6 +48,7 @@ fn is_lagging(proxy: &ProxyUnderTest, port: u16) -> bool {
     proxy
         .handle()
         .shared()
+        .live()
         .topology
         .server(server_addr(port))
         .is_some_and(|s| s.is_lagging())

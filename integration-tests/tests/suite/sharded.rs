@@ -12,7 +12,7 @@ use shardgate::localcluster::{ClusterSpec, LocalCluster};
 
 use crate::harness::{Ctx, ProxyUnderTest, connect, proxy_setting};
 
-const TABLES: &str = r#"
+pub const TABLES: &str = r#"
 [[tables]]
 name = "users"
 shard_key = "id"

@@ -40,6 +40,7 @@ impl Session {
         let mut cin = std::mem::take(&mut self.cin);
         let mut off = 0;
         let result = loop {
+            self.refresh_map();
             if self.mux_ready() {
                 match self.try_multiplex(&cin[off..]).await {
                     MuxTry::Submitted(len) => {
@@ -266,7 +267,7 @@ impl Session {
             && self.pending.is_empty()
             && self.deferred_begin.is_none()
             && !self.default_read_only()
-            && (self.sharding || self.worker.shared.topology.shards[0].has_replicas())
+            && (self.sharding || self.live.topology.shards[0].has_replicas())
             && single_statement(text)
     }
 
@@ -296,7 +297,7 @@ impl Session {
             (self.plan_text(text), None)
         } else {
             let shared = &self.worker.shared;
-            let stmt = shared.statements.intern(rest, &shared.classify);
+            let stmt = shared.statements.intern(rest, &self.live.classify);
             if stmt.plan.unparsed {
                 shared
                     .unparsed

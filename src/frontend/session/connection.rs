@@ -58,8 +58,8 @@ impl Session {
         shard: usize,
         addr: ServerAddr,
     ) -> Result<Checkout, SessionError> {
-        let name = &self.worker.shared.config.shards[shard].name;
-        let mut conn = self.worker.pools.get(name, addr).await?;
+        let name = &self.live.config.shards[shard].name;
+        let mut conn = self.worker.checkout(name, addr).await?;
         match conn.apply_settings(&self.settings).await {
             Ok(None) => Ok(conn),
             // The setting was accepted once; the client goes on, the connection is not reused.
@@ -81,6 +81,10 @@ impl Session {
     pub(super) fn release(&mut self) {
         if let Some(conn) = self.backend.take() {
             self.held = None;
+            self.sent_at = None;
+            self.timed_out = false;
+            self.info
+                .set(crate::frontend::clients::ClientState::Idle, None);
             self.disarm_retry();
             self.cancel.set(None);
             self.unnamed_on = None;

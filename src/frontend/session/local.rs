@@ -113,7 +113,7 @@ impl Session {
         if let Some(sql) = route_query(&text) {
             return Ok(Outcome::Show {
                 name: "shardgate.route".into(),
-                value: crate::router::shard::explain(sql, &self.worker.shared.config),
+                value: crate::router::shard::explain(sql, &self.live.config),
             });
         }
         let command = match sql::parse(&text) {
@@ -177,7 +177,7 @@ impl Session {
                     ("shard", Some(ShardHint::Shard(s))) => s.clone(),
                     ("sharding_key", Some(ShardHint::Key(k))) => k.clone(),
                     ("shard" | "sharding_key", _) => String::new(),
-                    ("servers", _) => self.worker.shared.topology.report(),
+                    ("servers", _) => self.live.topology.report(),
                     _ => return Err(SessionError::UnknownShardgateSetting(name)),
                 };
                 Ok(Outcome::Show {

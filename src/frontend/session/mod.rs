@@ -90,6 +90,8 @@ enum Event {
     Drain,
     /// Idle longer than `proxy.idle_client_timeout`.
     IdleTimeout,
+    /// The request on the held connection ran longer than `proxy.query_timeout`.
+    QueryTimeout,
     MuxAnswer,
     ClientReadable,
     BackendReadable,
@@ -101,6 +103,22 @@ enum Event {
 
 pub struct Session {
     worker: Rc<Worker>,
+    /// The shard map this session routes with: taken when it starts a transaction, kept until
+    /// the transaction ends (see `refresh_map`).
+    live: Arc<crate::reload::Live>,
+    /// This client in `SHOW CLIENTS`.
+    info: Arc<super::clients::ClientInfo>,
+    /// When the request now running on the held connection was first written to it (for the
+    /// server's latency statistics).
+    sent_at: Option<Instant>,
+    /// `proxy.query_timeout` ran out for the request on the held connection: it was cancelled.
+    timed_out: bool,
+    /// When the fan-out unit now running began (for the servers' latency statistics).
+    fanout_started: Instant,
+    /// The fan-out unit's `query_timeout` timer, and whether it fired.
+    fanout_watchdog: Option<(tokio::task::JoinHandle<()>, Rc<std::cell::Cell<bool>>)>,
+    /// The server's answer to that cancel arrived: the client gets shardgate's 57014 instead.
+    timeout_error: bool,
     /// Shared with multiplexed connections, which write answers straight to it when they can.
     client: Rc<tokio::net::TcpStream>,
     /// Bytes read from the client and not yet handled.
@@ -205,8 +223,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(worker: Rc<Worker>, ready: Ready, cancel: Arc<CancelSlot>) -> Session {
-        let config = worker.shared.config.clone();
+    pub fn new(
+        worker: Rc<Worker>,
+        ready: Ready,
+        cancel: Arc<CancelSlot>,
+        info: Arc<super::clients::ClientInfo>,
+    ) -> Session {
+        let live = worker.sync();
+        let config = live.config.clone();
         Session {
             client: Rc::new(ready.stream),
             // pgwire's read buffer, only if it holds bytes (else its 8 kB would stay with an idle client).
@@ -237,7 +261,7 @@ impl Session {
             cancel,
             max_message: config.proxy.max_message_size,
             session_mode: config.proxy.pool_mode == PoolMode::Session,
-            sharding: worker.shared.classify.sharding,
+            sharding: live.classify.sharding,
             shard_idx: 0,
             unit_shard: 0,
             drain: worker.shared.drain.subscribe(),
@@ -272,7 +296,51 @@ impl Session {
             mux_inflight: false,
             timing: None,
             worker,
+            live,
+            info,
+            sent_at: None,
+            timed_out: false,
+            timeout_error: false,
+            fanout_started: Instant::now(),
+            fanout_watchdog: None,
         }
+    }
+
+    /// Takes the map in force if a reload installed a new one and this session has nothing open
+    /// (no transaction, no held connection, nothing owed): what a transaction started on, it
+    /// finishes on.
+    fn refresh_map(&mut self) {
+        if self.live.generation == self.worker.shared.generation()
+            || self.backend.is_some()
+            || self.multi.is_some()
+            || self.in_segment
+            || !self.idle_for_shutdown()
+        {
+            return;
+        }
+        let live = self.worker.sync();
+        let config = &live.config;
+        if config.shards.len() != self.live.config.shards.len() {
+            self.min_lsn = vec![0; config.shards.len()];
+            self.shard_idx = 0;
+            self.unit_shard = 0;
+        }
+        self.max_message = config.proxy.max_message_size;
+        self.session_mode = config.proxy.pool_mode == PoolMode::Session;
+        self.sharding = live.classify.sharding;
+        if !Arc::ptr_eq(&live.classify, &self.live.classify) {
+            // Plans made with the old tables and functions: the statements are made again.
+            for stmt in self.statements.values_mut() {
+                *stmt = self
+                    .worker
+                    .shared
+                    .statements
+                    .intern(&stmt.parse_rest, &live.classify);
+            }
+            self.unnamed_plan = None;
+        }
+        self.chosen = None;
+        self.live = live;
     }
 
     /// Runs the session until the client leaves or a FATAL error; then cleans up the server connection.
@@ -300,6 +368,10 @@ impl Session {
                     Ok(Flow::Continue)
                 }
                 Event::IdleTimeout => Err(End::Fatal(SessionError::IdleTimeout)),
+                Event::QueryTimeout => {
+                    self.cancel_for_timeout();
+                    Ok(Flow::Continue)
+                }
                 Event::MuxAnswer => self.on_mux_answer().await,
                 Event::ClientReadable => self.read_client().await,
                 Event::BackendReadable => self.read_backend().await,
@@ -313,6 +385,12 @@ impl Session {
             };
             if let Ok(Flow::Continue) = outcome {
                 outcome = self.resume_client().await;
+            }
+            if self.backend.is_none()
+                && self.multi.is_none()
+                && self.info.state() == super::clients::ClientState::Active
+            {
+                self.info.set(super::clients::ClientState::Idle, None);
             }
         }
         if let Err(End::Fatal(e)) = outcome {
@@ -338,8 +416,16 @@ impl Session {
     async fn next_event(&mut self) -> Event {
         let draining = self.draining;
         // The idle timer runs only when it is set and the client has nothing open or owed.
-        let idle_limit = self.worker.shared.config.proxy.idle_client_timeout;
+        let idle_limit = self.live.config.proxy.idle_client_timeout;
         let idle = !idle_limit.is_zero() && self.cin.is_empty() && self.idle_for_shutdown();
+        // The query timer runs while a request written to the held connection is unanswered.
+        let query_limit = self.live.config.proxy.query_timeout;
+        let query_deadline = match self.sent_at {
+            Some(t) if !query_limit.is_zero() && !self.timed_out && !self.pending.is_empty() => {
+                Some(tokio::time::Instant::from_std(t + query_limit))
+            }
+            _ => None,
+        };
         let drain = &mut self.drain;
         let want_client = self
             .backend
@@ -370,7 +456,26 @@ impl Session {
                 Err(e) => Event::BackendError(e.to_string()),
             },
             _ = tokio::time::sleep(idle_limit), if idle => Event::IdleTimeout,
+            _ = async { tokio::time::sleep_until(query_deadline.expect("checked")).await }, if query_deadline.is_some() => Event::QueryTimeout,
         }
+    }
+
+    /// `proxy.query_timeout` ran out: the server is asked to cancel the request (its 57014 is
+    /// passed on with shardgate's message), and the connection is closed afterwards rather than
+    /// pooled, so a late cancel can never hit another client's statement.
+    fn cancel_for_timeout(&mut self) {
+        let Some(conn) = self.backend.as_deref_mut() else {
+            return;
+        };
+        self.timed_out = true;
+        conn.broken = true;
+        let (addr, pid, secret) = (conn.addr, conn.pid, conn.secret);
+        warn!(server = %addr, timeout = ?self.live.config.proxy.query_timeout, "query_timeout: cancelling the statement");
+        tokio::task::spawn_local(async move {
+            if let Err(e) = crate::backend::send_cancel(addr, pid, secret).await {
+                warn!(server = %addr, error = %e, "could not send the cancel for query_timeout");
+            }
+        });
     }
 
     fn conn(&mut self) -> &mut crate::backend::BackendConn {
@@ -413,7 +518,15 @@ impl Session {
         let mut failure = None;
         while !conn.wbuf.is_empty() {
             match conn.stream.try_write(&conn.wbuf) {
-                Ok(n) => conn.wbuf.advance(n),
+                Ok(n) => {
+                    conn.wbuf.advance(n);
+                    if let Some(h) = &self.held {
+                        h.server().stats.sent(n);
+                    }
+                    if self.sent_at.is_none() {
+                        self.sent_at = Some(Instant::now());
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
                     failure = Some(e.to_string());

@@ -23,8 +23,12 @@ pub(super) type Segment = (
 impl Session {
     /// Whether the next segment may go to a multiplexed connection: nothing else is going on.
     pub(super) fn mux_ready(&self) -> bool {
-        self.worker.mux_limit > 0
+        self.worker.mux_limit.get() > 0
             && !self.sharding
+            // PAUSE holds new transactions at checkout; query_timeout cancels on a connection
+            // of the session's own: both take the exclusive path.
+            && !self.worker.shared.paused_any.load(std::sync::atomic::Ordering::Relaxed)
+            && self.live.config.proxy.query_timeout.is_zero()
             && self.backend.is_none()
             && self.pending.is_empty()
             && !self.session_mode
@@ -65,7 +69,10 @@ impl Session {
         let server = self.pick_server(want, exclude);
         let Some(mux) = self.pick_mux(&server).await else {
             self.chosen = Some(server);
-            tracing::trace!(limit = self.worker.mux_limit, "no multiplexed connection");
+            tracing::trace!(
+                limit = self.worker.mux_limit.get(),
+                "no multiplexed connection"
+            );
             return MuxTry::No;
         };
         let mut swallow = 0u8;
@@ -209,11 +216,11 @@ impl Session {
             (best, count)
         };
         if let Some(m) = &best
-            && (m.in_flight() == 0 || count >= self.worker.mux_limit)
+            && (m.in_flight() == 0 || count >= self.worker.mux_limit.get())
         {
             return best;
         }
-        if count >= self.worker.mux_limit {
+        if count >= self.worker.mux_limit.get() {
             return None;
         }
         // Count it before the await, so sessions that arrive meanwhile do not open more.
@@ -227,7 +234,7 @@ impl Session {
         }
         match conn {
             Ok(conn) => {
-                let count_busy = self.worker.shared.config.routing.read_balance
+                let count_busy = self.live.config.routing.read_balance
                     == crate::config::ReadBalance::LeastConnections;
                 let mux = multiplex::start(conn, server.clone(), count_busy);
                 self.worker.mux.borrow_mut().push(mux.clone());

@@ -10,7 +10,9 @@
 
 use super::*;
 use crate::config::FailoverMode;
+use crate::frontend::clients::ClientState;
 use crate::topology::Role;
+use std::sync::atomic::Ordering;
 
 /// `SET shardgate.target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +258,7 @@ impl Session {
 
     /// The first shard's primary now (its map primary while a failover runs).
     pub(super) fn primary_addr(&self) -> ServerAddr {
-        let s = &self.worker.shared.topology.shards[0];
+        let s = &self.live.topology.shards[0];
         s.primary()
             .unwrap_or_else(|| s.servers().next().expect("a shard has servers"))
             .addr
@@ -278,7 +280,7 @@ impl Session {
         want: Want,
         exclude: Option<ServerAddr>,
     ) -> Arc<ServerState> {
-        let s = &self.worker.shared.topology.shards[shard];
+        let s = &self.live.topology.shards[shard];
         match want {
             // While a failover runs there is none: the map's first server, which fails as the
             // dead primary would (`checkout` waits for the new one first).
@@ -287,7 +289,7 @@ impl Session {
                 .unwrap_or_else(|| s.servers().next().expect("a shard has servers"))
                 .clone(),
             Want::Read => {
-                let routing = &self.worker.shared.config.routing;
+                let routing = &self.live.config.routing;
                 let ctx = crate::topology::balance::ReadContext {
                     client_ip: self.client_ip,
                     min_lsn: if routing.read_your_writes {
@@ -308,12 +310,35 @@ impl Session {
         }
     }
 
+    /// A new transaction on `shards` waits while one of them is paused (admin `PAUSE`); a
+    /// transaction already open goes on (its statements are what PAUSE waits for).
+    pub(super) async fn hold_if_paused(&mut self, shards: &[usize]) {
+        if !self.worker.shared.paused_any.load(Ordering::Acquire)
+            || (self.client_tx_status() != be::TX_IDLE && self.deferred_begin.is_none())
+        {
+            return;
+        }
+        let names: Vec<String> = shards
+            .iter()
+            .filter_map(|i| self.live.config.shards.get(*i).map(|s| s.name.clone()))
+            .collect();
+        let mut rx = self.worker.shared.pause.subscribe();
+        if !rx.borrow().any() || !names.iter().any(|n| rx.borrow().holds(n)) {
+            return;
+        }
+        self.info.set_state(ClientState::Waiting);
+        debug!(?names, "paused: the transaction waits for RESUME");
+        let _ = rx.wait_for(|p| !names.iter().any(|n| p.holds(n))).await;
+        self.info.set_state(ClientState::Idle);
+    }
+
     /// Takes a connection for a request that wants `want`: on the chosen server, or, when that is
     /// a replica that cannot be reached, once more on another.
     pub(super) async fn checkout(&mut self, want: Want) -> Result<(), SessionError> {
         let mut exclude = self.retry.exclude.take();
         let mut retried = false;
         let mut chosen = self.chosen.take().filter(|_| want == Want::Read);
+        self.hold_if_paused(&[self.unit_shard]).await;
         if want == Want::Primary {
             self.wait_for_primary(self.unit_shard, None).await?;
         }
@@ -334,6 +359,8 @@ impl Session {
                     self.backend = Some(conn);
                     let replica_read = server.role() == Role::Replica && want == Want::Read;
                     self.held = Some(server.enter());
+                    self.info
+                        .set(ClientState::Active, Some(Some(self.unit_shard)));
                     if replica_read && self.pending.is_empty() {
                         self.retry.arm(server.addr);
                     }
@@ -344,7 +371,7 @@ impl Session {
                     if unreachable && want == Want::Primary && self.unit_any && !retried {
                         // Any shard will do: another one whose primary answers.
                         server.suspect();
-                        let shards = &self.worker.shared.topology.shards;
+                        let shards = &self.live.topology.shards;
                         if let Some(other) = (0..shards.len()).find(|&i| {
                             i != self.unit_shard
                                 && shards[i].primary().is_some_and(|p| p.failures() == 0)
@@ -357,7 +384,7 @@ impl Session {
                     if unreachable
                         && want == Want::Primary
                         && !retried
-                        && self.worker.shared.config.failover.mode != FailoverMode::Off
+                        && self.live.config.failover.mode != FailoverMode::Off
                     {
                         // The primary may be dying: wait for the failover rather than fail.
                         server.suspect();
@@ -389,8 +416,8 @@ impl Session {
         shard: usize,
         not: Option<ServerAddr>,
     ) -> Result<(), SessionError> {
-        let s = &self.worker.shared.topology.shards[shard];
-        let failover = &self.worker.shared.config.failover;
+        let s = &self.live.topology.shards[shard];
+        let failover = &self.live.config.failover;
         if failover.mode == FailoverMode::Off {
             return Ok(());
         }
@@ -433,7 +460,7 @@ impl Session {
         drop(Checkout::take(conn));
         self.held = None;
         self.cancel.set(None);
-        if let Some(s) = self.worker.shared.topology.server(server) {
+        if let Some(s) = self.live.topology.server(server) {
             s.suspect();
         }
         warn!(%server, "lost a replica connection before any answer: the request goes to another server");
@@ -470,9 +497,9 @@ impl Session {
 
     /// Read-your-writes applies to the held connection: on, a primary, replicas to read from.
     fn tracks_writes(&self) -> bool {
-        self.worker.shared.config.routing.read_your_writes
+        self.live.config.routing.read_your_writes
             && self.held_role() == Some(Role::Primary)
-            && self.worker.shared.topology.shards[self.shard_idx].has_replicas()
+            && self.live.topology.shards[self.shard_idx].has_replicas()
     }
 
     /// Whether the statement with this plan, just sent, ends a write transaction: COMMIT of a

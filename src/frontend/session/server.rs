@@ -16,7 +16,11 @@ impl Session {
                 self.on_backend_lost("the server closed the connection".into());
                 return self.flush_client();
             }
-            Ok(_) => {}
+            Ok(n) => {
+                if let Some(h) = &self.held {
+                    h.server().stats.received(n);
+                }
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flow::Continue),
             Err(e) => {
                 self.on_backend_lost(e.to_string());
@@ -53,6 +57,10 @@ impl Session {
             if !forward {
                 self.cout.extend_from_slice(&rbuf[run..off]);
                 run = off + h.frame_len;
+                if std::mem::take(&mut self.timeout_error) {
+                    SessionError::QueryTimeout(self.live.config.proxy.query_timeout)
+                        .write_to(&mut self.cout);
+                }
             } else if self.retry.is_armed() {
                 // A read that may still move to another server: hold back what only describes the
                 // answer; the first row (or anything else) makes it the client's for good.
@@ -100,6 +108,19 @@ impl Session {
             be::READY_FOR_QUERY => {
                 conn.tx_status = body.first().copied().unwrap_or(be::TX_IDLE);
                 self.begun = false;
+                if let Some(h) = &self.held {
+                    let took = self.sent_at.take().map(|t| t.elapsed());
+                    h.server().stats.answered(
+                        crate::topology::stats::RouteKind::Single,
+                        took,
+                        conn.tx_status == be::TX_IDLE,
+                    );
+                }
+                self.timed_out = false;
+                if self.pending.len() > 1 {
+                    // The next request of a pipeline is already with the server.
+                    self.sent_at = Some(Instant::now());
+                }
                 if conn.tx_status == be::TX_IDLE && self.tx_wrote {
                     self.after_write_transaction();
                 }
@@ -173,7 +194,21 @@ impl Session {
                 Ok(true)
             }
             be::ERROR_RESPONSE => {
+                if let Some(h) = &self.held {
+                    h.server().stats.error();
+                }
                 let severity = be::error_field(body, b'V').or_else(|| be::error_field(body, b'S'));
+                if self.timed_out && be::error_field(body, b'C') == Some(b"57014") {
+                    // Our cancel (query_timeout): the client is told why.
+                    self.timeout_error = true;
+                    self.timed_out = false;
+                    match self.pending.front() {
+                        Some(Pending::SimpleQuery | Pending::FunctionCall) | None => {}
+                        Some(_) => self.fail_segment(),
+                    }
+                    return Ok(false);
+                }
+                crate::errors::CLIENT_ERRORS.count_body(body);
                 if matches!(severity, Some(b"FATAL" | b"PANIC")) {
                     // About the server connection, not the client's session (shutdown, terminate):
                     // the client hears of it as the loss of that connection, and keeps its own.

@@ -83,7 +83,7 @@ impl Session {
             _ if local => Some(None),
             Shards::Any => Some(None),
             Shards::Set(s) => s.single().map(Some),
-            Shards::All if self.worker.shared.config.shards.len() == 1 => Some(Some(0)),
+            Shards::All if self.live.config.shards.len() == 1 => Some(Some(0)),
             Shards::All => None,
         };
         let go = match (single, &self.multi) {
@@ -287,7 +287,7 @@ impl Session {
         text: &[u8],
         bind: Option<&[u8]>,
     ) -> Result<Shards, SessionError> {
-        let config = &self.worker.shared.config;
+        let config = &self.live.config;
         if plan.local {
             return Ok(Shards::Any);
         }
@@ -322,13 +322,13 @@ impl Session {
         if let Some(pinned) = self
             .shard_pin
             .as_ref()
-            .and_then(|h| h.shard_index(&self.worker.shared.config, None).ok())
+            .and_then(|h| h.shard_index(&self.live.config, None).ok())
         {
             return pinned;
         }
         // The first shard with a primary now: a statement any shard can take (a Parse, a read
         // of an unlisted table) does not wait for a shard that is failing over.
-        let shards = &self.worker.shared.topology.shards;
+        let shards = &self.live.topology.shards;
         shards
             .iter()
             .position(|s| s.primary().is_some_and(|p| p.failures() == 0))
@@ -337,7 +337,7 @@ impl Session {
 
     /// The next shard in turn for a read any shard can answer (replicated tables).
     fn spread_shard(&self) -> usize {
-        let n = self.worker.shared.config.shards.len().max(1);
+        let n = self.live.config.shards.len().max(1);
         let next = self.worker.spread.get().wrapping_add(1);
         self.worker.spread.set(next);
         next % n
@@ -348,7 +348,7 @@ impl Session {
         if let Some(ShardHint::Shard(_)) = &pin {
             pin.as_ref()
                 .expect("checked")
-                .shard_index(&self.worker.shared.config, None)?;
+                .shard_index(&self.live.config, None)?;
         }
         self.shard_pin = pin;
         Ok(())

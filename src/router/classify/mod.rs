@@ -127,7 +127,7 @@ impl Plan {
 }
 
 /// Classification settings from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClassifyOptions {
     /// Extra names of functions that write (config `routing.write_functions`), lowercase. A
     /// schema-qualified entry matches on its last part.

@@ -52,7 +52,7 @@ impl Session {
             return;
         };
         for p in &mut m.parts {
-            let name = &self.worker.shared.config.shards[p.shard].name;
+            let name = &self.live.config.shards[p.shard].name;
             if p.settle(name).await.is_err() {
                 p.conn.broken = true;
             }
@@ -77,8 +77,7 @@ impl Session {
     async fn commit_inner(&mut self, m: &mut Multi) -> Result<(), SessionError> {
         let lost = |p: &Part, e: crate::errors::BackendError| SessionError::lost(p.conn.addr, e);
         for p in &mut m.parts {
-            p.settle(&self.worker.shared.config.shards[p.shard].name)
-                .await?;
+            p.settle(&self.live.config.shards[p.shard].name).await?;
         }
         // Shards that only read commit first; their outcome changes nothing.
         for p in m.parts.iter_mut().filter(|p| !p.wrote) {
@@ -132,7 +131,7 @@ impl Session {
                 Ok(Some(e)) => {
                     failure.get_or_insert(format!(
                         "shard {}: {e}",
-                        self.worker.shared.config.shards[p.shard].name
+                        self.live.config.shards[p.shard].name
                     ));
                 }
                 Err(e) => {
@@ -203,7 +202,7 @@ impl Session {
             if let Err(e) = result {
                 // Decided: the next start of shardgate commits it (recovery).
                 p.conn.broken = true;
-                warn!(gid = %gid, shard = %self.worker.shared.config.shards[p.shard].name, error = %e, "COMMIT PREPARED failed; the decision is logged and recovery at the next start will finish it");
+                warn!(gid = %gid, shard = %self.live.config.shards[p.shard].name, error = %e, "COMMIT PREPARED failed; the decision is logged and recovery at the next start will finish it");
             }
         }
         self.note_wal_positions(m, &writers).await;
@@ -212,12 +211,12 @@ impl Session {
 
     /// Read-your-writes after a commit on these parts: their WAL positions.
     async fn note_wal_positions(&mut self, m: &mut Multi, which: &[usize]) {
-        if !self.worker.shared.config.routing.read_your_writes {
+        if !self.live.config.routing.read_your_writes {
             return;
         }
         for &i in which {
             let p = &mut m.parts[i];
-            if !self.worker.shared.topology.shards[p.shard].has_replicas() || p.conn.broken {
+            if !self.live.topology.shards[p.shard].has_replicas() || p.conn.broken {
                 continue;
             }
             if let Ok(r) = p

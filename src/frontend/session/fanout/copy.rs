@@ -76,9 +76,13 @@ impl Session {
         frames: Option<Vec<u8>>,
         c: CopyIn,
     ) -> Step {
-        let n = self.worker.shared.config.shards.len();
+        // A COPY over the shards goes at the client's pace: query_timeout does not apply.
+        if let Some((timer, _)) = self.fanout_watchdog.take() {
+            timer.abort();
+        }
+        let n = self.live.config.shards.len();
         // None: a table every shard holds whole.
-        let table = self.worker.shared.config.table(&c.table).cloned();
+        let table = self.live.config.table(&c.table).cloned();
         if c.binary {
             let e = SessionError::CrossShard(
                 "COPY ... FROM STDIN in binary format over several shards is not supported; use text or csv format".into(),
@@ -264,7 +268,7 @@ impl Session {
         match tag {
             fe::COPY_DATA => {
                 let mut split = self.copy_split.take().expect("a split COPY");
-                let config = self.worker.shared.config.clone();
+                let config = self.live.config.clone();
                 let CopySplit {
                     splitter, placer, ..
                 } = &mut *split;
@@ -275,7 +279,7 @@ impl Session {
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
                 let mut split = self.copy_split.take().expect("a split COPY");
-                let config = self.worker.shared.config.clone();
+                let config = self.live.config.clone();
                 let CopySplit {
                     splitter, placer, ..
                 } = &mut *split;
@@ -383,7 +387,7 @@ impl Session {
                 None => fe::write_query(&mut part.conn.wbuf, sql),
             }
             part.wrote = true;
-            let name = &self.worker.shared.config.shards[part.shard].name;
+            let name = &self.live.config.shards[part.shard].name;
             if let Err(e) = part.settle(name).await {
                 error.get_or_insert(e);
                 continue;

@@ -69,10 +69,7 @@ impl Session {
                     let p = self.cached_plan(t);
                     if p.shards.len() > 1
                         && !matches!(p.tx, TxControl::None)
-                        && unit_shards
-                            .set(self.worker.shared.config.shards.len())
-                            .len()
-                            > 1
+                        && unit_shards.set(self.live.config.shards.len()).len() > 1
                     {
                         return Err(SessionError::CrossShard(
                             "a multi-statement query that controls a transaction and touches several shards; send BEGIN, each statement and COMMIT separately".into(),
@@ -215,7 +212,7 @@ impl Session {
                     .find(|(s, _)| *s == part.shard)
                     .expect("pushed above")
                     .1;
-                let name = &self.worker.shared.config.shards[part.shard].name;
+                let name = &self.live.config.shards[part.shard].name;
                 part.settle(name).await?;
                 let mut answer = Vec::new();
                 let mut copy = false;
@@ -290,7 +287,7 @@ impl Session {
                         let stmt = match self.statements.get(name) {
                             Some(s) => s.clone(),
                             None => {
-                                let s = shared.statements.intern(rest, &shared.classify);
+                                let s = shared.statements.intern(rest, &self.live.classify);
                                 self.statements
                                     .insert(Bytes::copy_from_slice(name), s.clone());
                                 s
@@ -418,7 +415,7 @@ impl Session {
             return Some(refuse());
         };
         let values = crate::router::shard::literals(sql);
-        let config = &self.worker.shared.config;
+        let config = &self.live.config;
         let param = |n, t| super::super::shards::bind_key(bind, n, t);
         let Some(rows) = crate::router::shard::key_shards(p, config, values.as_deref(), &param)
         else {

@@ -95,7 +95,7 @@ impl Session {
                 Some(m) => m.clone(),
                 None => {
                     let text = String::from_utf8_lossy(&g.text);
-                    let m = Arc::new(merge_plan(&text, &self.worker.shared.config.tables));
+                    let m = Arc::new(merge_plan(&text, &self.live.config.tables));
                     if cache.len() >= MERGE_CACHE_SIZE {
                         cache.clear();
                     }
@@ -200,7 +200,7 @@ impl Session {
                 });
             }
             for p in parts.iter_mut() {
-                let name = &self.worker.shared.config.shards[p.shard].name;
+                let name = &self.live.config.shards[p.shard].name;
                 p.settle(name).await?;
             }
             Ok(())
@@ -524,7 +524,7 @@ impl Session {
             {
                 continue;
             }
-            let name = &self.worker.shared.config.shards[part.shard].name;
+            let name = &self.live.config.shards[part.shard].name;
             part.settle(name).await?;
             let r = part
                 .conn

@@ -113,6 +113,28 @@ impl Multi {
     }
 }
 
+/// `proxy.query_timeout` for a unit over several shards: after `limit`, every server of the
+/// unit is asked to cancel (each answers 57014, passed on to the client).
+fn watchdog(
+    slot: Arc<crate::cancel::CancelSlot>,
+    limit: std::time::Duration,
+) -> (tokio::task::JoinHandle<()>, Rc<std::cell::Cell<bool>>) {
+    let fired = Rc::new(std::cell::Cell::new(false));
+    let flag = fired.clone();
+    let task = tokio::task::spawn_local(async move {
+        tokio::time::sleep(limit).await;
+        flag.set(true);
+        let targets = slot.targets();
+        warn!(servers = targets.len(), timeout = ?limit, "query_timeout: cancelling a request over several shards");
+        for t in targets {
+            if let Err(e) = crate::backend::send_cancel(t.addr, t.pid, t.secret).await {
+                warn!(server = %t.addr, error = %e, "could not send the cancel for query_timeout");
+            }
+        }
+    });
+    (task, fired)
+}
+
 impl Session {
     /// Moves the held connection (in a transaction, nothing owed) into a fan-out.
     pub(super) fn escalate(&mut self) {
@@ -151,7 +173,58 @@ impl Session {
 
     /// Runs one unit over several shards; the unit is `unit` (whole frames).
     pub(super) async fn run_fanout(&mut self, unit: &[u8], shards: Shards) -> Step {
-        let n = self.worker.shared.config.shards.len();
+        self.fanout_started = Instant::now();
+        let limit = self.live.config.proxy.query_timeout;
+        if let Some((timer, _)) = self.fanout_watchdog.take() {
+            timer.abort();
+        }
+        if !limit.is_zero() {
+            self.fanout_watchdog = Some(watchdog(self.cancel.clone(), limit));
+        }
+        self.run_fanout_unit(unit, shards).await
+    }
+
+    /// Adds what the unit's shards answered to their servers' statistics.
+    fn count_fanout(&mut self) {
+        let started = self.fanout_started;
+        // The unit is answered: its query timer stops. If it fired, the shards were asked to
+        // cancel; their connections are closed rather than pooled, so no late cancel can reach
+        // another client's statement.
+        let fired = self.fanout_watchdog.take().is_some_and(|(task, fired)| {
+            task.abort();
+            fired.get()
+        });
+        let Some(m) = self.multi.as_mut() else {
+            return;
+        };
+        if fired {
+            for p in &mut m.parts {
+                p.conn.broken = true;
+            }
+        }
+        let n = self.live.config.shards.len();
+        let kind = if m.parts.len() >= n {
+            crate::topology::stats::RouteKind::Broadcast
+        } else {
+            crate::topology::stats::RouteKind::Multi
+        };
+        let idle = !m.explicit;
+        let took = started.elapsed();
+        for p in &mut m.parts {
+            let stats = &p._busy.server().stats;
+            let (sent, received) = std::mem::take(&mut p.conn.unreported);
+            if sent == 0 && received == 0 {
+                // Not part of this unit.
+                continue;
+            }
+            stats.sent(sent as usize);
+            stats.received(received as usize);
+            stats.answered(kind, Some(took), idle);
+        }
+    }
+
+    async fn run_fanout_unit(&mut self, unit: &[u8], shards: Shards) -> Step {
+        let n = self.live.config.shards.len();
         if self.multi.is_none() {
             let explicit = self.deferred_begin.is_some();
             self.multi = Some(Box::new(Multi {
@@ -277,6 +350,7 @@ impl Session {
 
     /// Answers the unit's Sync (or Query) and gives the connections back when no transaction is open.
     async fn after_unit(&mut self, unit: &[u8]) -> Step {
+        self.count_fanout();
         let last = last_tag(unit);
         if matches!(last, Some(fe::SYNC) | Some(fe::QUERY)) {
             let status = self.multi.as_ref().map_or(be::TX_IDLE, |m| m.status());
@@ -295,6 +369,8 @@ impl Session {
             return;
         };
         self.cancel.set_fanout(Vec::new());
+        self.info
+            .set(crate::frontend::clients::ClientState::Idle, None);
         if std::mem::take(&mut m.dirty) {
             for p in &mut m.parts {
                 if !p.conn.broken && p.conn.tx_status == be::TX_IDLE {
@@ -368,6 +444,10 @@ impl Session {
         want: route::Want,
         begin: Option<&str>,
     ) -> Result<(), SessionError> {
+        if self.multi.as_ref().expect("set").parts.is_empty() {
+            let all: Vec<usize> = targets.iter().collect();
+            self.hold_if_paused(&all).await;
+        }
         for shard in targets.iter() {
             if self
                 .multi
@@ -400,6 +480,8 @@ impl Session {
                 begin_pending,
             });
             m.parts.sort_by_key(|p| p.shard);
+            self.info
+                .set(crate::frontend::clients::ClientState::Active, Some(None));
         }
         self.cancel.set_fanout(
             self.multi
