@@ -625,3 +625,141 @@ fn a_shutdown_lets_the_open_transaction_commit_then_exits_0() {
     assert!(ok, "{err}");
     assert_eq!(out, "2");
 }
+
+/// Sends `signal` (`-HUP`, `-TERM`) with the `kill` command.
+fn kill(signal: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// The real binary with `log_format = "json"`: every log line is a JSON object. A broken map
+/// (written, then SIGHUP) is refused with its line and key while clients go on; a fixed map is
+/// applied (seen in the admin console's SHOW CONFIG); SIGHUP with nothing changed says so; the
+/// console's SHUTDOWN stops shardgate with exit code 0.
+#[test]
+fn sighup_reloads_logs_are_json_and_admin_shutdown_exits_0() {
+    let dir = tempfile::Builder::new()
+        .prefix("sg-reload-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let demo = start_demo(dir.path());
+    let port = free_port();
+    let map = demo
+        .map
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", demo.port),
+            &format!("listen = \"127.0.0.1:{port}\"\nlog_format = \"json\""),
+        )
+        .replacen(
+            "[backend]",
+            "[[users]]\nname = \"ops\"\npassword = \"opspw\"\nadmin = true\n\n[backend]",
+            1,
+        );
+    let map_path = dir.path().join("map.toml");
+    std::fs::write(&map_path, &map).unwrap();
+    let log_path = dir.path().join("proxy.log");
+    let mut proxy = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&map_path)
+        .env("SHARDGATE_LOG", "info")
+        .env_remove("SHARDGATE_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = proxy.id();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _stop = StopOnDrop(pid);
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "shardgate did not start listening"
+    );
+    let url = format!("postgres://app:secret@127.0.0.1:{port}/app");
+    let admin = format!("postgres://ops:opspw@127.0.0.1:{port}/shardgate");
+    let config = |key: &str| {
+        let (ok, out, err) = psql(&admin, "SHOW CONFIG;");
+        assert!(ok, "SHOW CONFIG: {err}");
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}|")))
+            .map(|rest| rest.split('|').next().unwrap_or("").to_string())
+    };
+    assert_eq!(config("map_generation").as_deref(), Some("1"));
+
+    // A broken map: refused with its line and key; the proxy goes on with the old one.
+    let broken = map.replacen("pool_size = 20", "pool_size = 0", 1);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("pool_size = 0"))
+        .unwrap()
+        + 1;
+    std::fs::write(&map_path, &broken).unwrap();
+    kill("-HUP", pid);
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let l = log();
+            l.contains("shard map refused") && l.contains(&format!("line {line}: proxy.pool_size"))
+        }),
+        "the refusal with line {line} and key was not logged:\n{}",
+        log()
+    );
+    let (ok, out, err) = psql(&url, "SELECT 1;");
+    assert!(ok && out == "1", "a client after the refused map: {err}");
+    assert!(
+        config("last_reload_error").is_some_and(|e| e.contains("proxy.pool_size")),
+        "SHOW CONFIG shows the refusal"
+    );
+
+    // Fixed, with a change: applied.
+    std::fs::write(
+        &map_path,
+        map.replacen("pool_size = 20", "pool_size = 7", 1),
+    )
+    .unwrap();
+    kill("-HUP", pid);
+    assert!(
+        poll_until(Duration::from_secs(10), || config("proxy.pool_size")
+            .as_deref()
+            == Some("7")),
+        "the fixed map was not applied:\n{}",
+        log()
+    );
+    assert_eq!(config("map_generation").as_deref(), Some("2"));
+    assert_eq!(config("last_reload_error").as_deref(), Some(""));
+    // SIGHUP with nothing changed.
+    kill("-HUP", pid);
+    assert!(
+        poll_until(Duration::from_secs(10), || log()
+            .contains("nothing to reload")),
+        "SIGHUP with an unchanged map:\n{}",
+        log()
+    );
+
+    // SHUTDOWN from the console: exit 0.
+    let (ok, _, err) = psql(&admin, "SHUTDOWN;");
+    assert!(ok, "SHUTDOWN: {err}");
+    let mut exit = None;
+    assert!(
+        poll_until(Duration::from_secs(20), || {
+            exit = proxy.try_wait().unwrap();
+            exit.is_some()
+        }),
+        "shardgate did not exit after SHUTDOWN"
+    );
+    assert_eq!(exit.and_then(|s| s.code()), Some(0));
+    // Every log line is one JSON object with a level.
+    let text = log();
+    assert!(text.lines().count() >= 4, "{text}");
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            l.starts_with('{') && l.ends_with('}') && l.contains("\"level\":"),
+            "not a JSON log line: {l}"
+        );
+    }
+    assert!(text.contains("\"SHUTDOWN from the admin console"), "{text}");
+}

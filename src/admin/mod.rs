@@ -66,6 +66,7 @@ pub async fn serve(shared: Arc<Shared>, ready: Ready) {
     let mut out = BytesMut::new();
     // An extended-protocol message arrived: skip until Sync, then report it once.
     let mut skipping = false;
+    let mut drain = shared.drain.subscribe();
     loop {
         let mut end = false;
         while let Ok(Some(h)) = peek_header(&cin, 1 << 20) {
@@ -114,8 +115,16 @@ pub async fn serve(shared: Arc<Shared>, ready: Ready) {
         if end {
             return;
         }
-        if stream.readable().await.is_err() {
-            return;
+        // A graceful shutdown closes the console too (it holds no transaction).
+        tokio::select! {
+            r = stream.readable() => if r.is_err() {
+                return;
+            },
+            _ = drain.wait_for(|d| *d) => {
+                SessionError::Shutdown.write_to(&mut out);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
         }
         cin.reserve(4096);
         match stream.try_read_buf(&mut cin) {
