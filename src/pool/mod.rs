@@ -69,15 +69,16 @@ impl Pools {
 
     /// Brings the pools in line with a (reloaded) map: new servers get a pool, removed servers'
     /// pools are dropped (idle connections close now, checked-out ones when given back), sizes
-    /// follow `proxy.pool_size`; a change of `[backend]` or the timeouts rebuilds every pool (old
-    /// connections close as they come back).
+    /// follow `proxy.pool_size`, the wait follows `proxy.pool_wait_timeout`; a change of
+    /// `[backend]` or `proxy.connect_timeout` rebuilds every pool (old connections close as they
+    /// come back).
     pub fn update(&mut self, config: &Config, workers: usize) {
         let per_worker = config.proxy.pool_size.div_ceil(workers.max(1)).max(1);
+        // The wait applies per checkout (`get`); the rest is the connections' own.
         let rebuild = self.backend.user != config.backend.user
             || self.backend.password != config.backend.password
             || self.backend.database != config.backend.database
-            || self.connect_timeout != config.proxy.connect_timeout
-            || self.wait_timeout != config.proxy.pool_wait_timeout;
+            || self.connect_timeout != config.proxy.connect_timeout;
         if rebuild {
             self.pools.clear();
         }
@@ -154,7 +155,12 @@ pub async fn get(
     shard: &str,
     addr: ServerAddr,
 ) -> Result<Checkout, SessionError> {
-    pool.get().await.map_err(|e| match e {
+    let timeouts = managed::Timeouts {
+        wait: Some(waited),
+        create: pool.timeouts().create,
+        recycle: None,
+    };
+    pool.timeout_get(&timeouts).await.map_err(|e| match e {
         PoolError::Timeout(managed::TimeoutType::Wait) => SessionError::PoolTimeout {
             shard: shard.to_string(),
             server: addr,
