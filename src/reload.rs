@@ -406,12 +406,25 @@ fn describe_changes(old: &Live, new: &Live, restart: &[&str]) -> String {
             ));
         }
     }
-    if old.config.shards.len() != new.config.shards.len() {
+    let ranges = |l: &Live| -> Vec<(String, [u64; 2])> {
+        l.config
+            .shards
+            .iter()
+            .map(|s| (s.name.clone(), s.range))
+            .collect()
+    };
+    if ranges(old) != ranges(new) {
+        warn!(
+            "the shards or their hash ranges changed: new transactions route by the new ranges; shardgate does not move rows, so move them before such a change"
+        );
         parts.push(format!(
-            "shards: {} -> {}",
+            "shards or hash ranges changed ({} -> {} shards; rows are not moved)",
             old.config.shards.len(),
             new.config.shards.len()
         ));
+    }
+    if old.config.tables != new.config.tables || old.config.replicated != new.config.replicated {
+        parts.push("tables changed".into());
     }
     if !restart.is_empty() {
         parts.push(format!("needs a restart: {}", restart.join(", ")));

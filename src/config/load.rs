@@ -410,6 +410,7 @@ mod tests {
     fn good_map_loads() {
         let c = load_str(GOOD, "test.toml").unwrap();
         assert_eq!(c.proxy.pool_size, 20);
+        assert!(c.users.iter().any(|u| u.name == "ops" && u.admin));
         assert_eq!(c.shards[0].replicas.len(), 1);
         assert_eq!(c.default_primary().0.port(), 5433);
     }
@@ -452,7 +453,12 @@ mod tests {
 
     #[test]
     fn no_users() {
-        let text = GOOD.replace("[[users]]\nname = \"app\"\npassword = \"secret\"\n", "");
+        let text = GOOD
+            .replace("[[users]]\nname = \"app\"\npassword = \"secret\"\n", "")
+            .replace(
+                "[[users]]\nname = \"ops\"\npassword = \"change-me\"\nadmin = true\n",
+                "",
+            );
         assert!(err(&text).starts_with("users:"));
     }
 

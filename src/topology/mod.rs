@@ -318,7 +318,7 @@ impl Shard {
     }
 
     /// Takes over the runtime state of the same shard under the previous map (entry unchanged):
-    /// its primary (by address; failover may have moved it), split brain, failover count.
+    /// its primary (by address; failover may have moved it) and split brain.
     fn carry_over(&self, old: &Shard) {
         let primary = old.primary.load(Ordering::Acquire);
         let index = old
@@ -329,7 +329,6 @@ impl Shard {
         self.primary.store(index, Ordering::Release);
         self.split_brain
             .store(old.split_brain.load(Ordering::Acquire), Ordering::Release);
-        self.failovers.store(old.failovers(), Ordering::Relaxed);
         for (i, s) in self.servers.iter().enumerate() {
             if i == index {
                 s.set_role(Role::Primary);
@@ -425,8 +424,13 @@ impl Topology {
                     })
                     .collect();
                 let shard = Shard::new(&s.name, servers);
-                if let Some((_, old_shard, true)) = before {
-                    shard.carry_over(old_shard);
+                if let Some((_, old_shard, unchanged)) = before {
+                    shard
+                        .failovers
+                        .store(old_shard.failovers(), Ordering::Relaxed);
+                    if unchanged {
+                        shard.carry_over(old_shard);
+                    }
                 }
                 shard
             })
@@ -468,5 +472,83 @@ impl Topology {
     /// Every server once.
     pub fn servers(&self) -> impl Iterator<Item = &Arc<ServerState>> {
         self.shards.iter().flat_map(Shard::servers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(replicas: &str) -> Config {
+        crate::config::load_str(
+            &format!(
+                "[[users]]\nname = \"a\"\npassword = \"b\"\n[backend]\nuser = \"a\"\ndatabase = \"a\"\n\
+                 [[shards]]\nname = \"s0\"\nrange = [0, 4294967296]\nprimary = \"127.0.0.1:5001\"\n\
+                 replicas = [{replicas}]\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn port(s: &Arc<ServerState>) -> u16 {
+        s.addr.0.port()
+    }
+
+    /// A reload keeps what is known of the servers it shares with the old map and the shards'
+    /// failover counts; an unchanged shard keeps the primary failover chose; a changed one takes
+    /// the map's and lets its fenced servers back in; weights follow the map.
+    #[test]
+    fn rebuild_keeps_server_state_and_failover_until_the_entry_changes() {
+        let old_map = map("\"127.0.0.1:5002\"");
+        let old = Topology::new(&old_map);
+        let (a, b) = {
+            let mut s = old.shards[0].servers();
+            (s.next().unwrap().clone(), s.next().unwrap().clone())
+        };
+        // A failover: 5002 promoted, 5001 fenced; 5002 has a lag and a failed probe on record.
+        a.fence();
+        old.shards[0].set_primary(&b);
+        old.shards[0].count_failover();
+        b.set_lag(7, 1, false);
+
+        // The same entry, a weight changed: failover's primary kept, state kept, weight new.
+        let same_map = map("{ addr = \"127.0.0.1:5002\", weight = 3 }");
+        let same = Topology::rebuild(&same_map, Some((&old, &old_map)));
+        let shard = &same.shards[0];
+        assert_eq!(shard.primary().map(port), Some(5002));
+        assert_eq!(shard.failovers(), 1);
+        let b2 = same.server(b.addr).unwrap();
+        assert!(Arc::ptr_eq(b2, &b), "the server's state is the same object");
+        assert_eq!(b2.lag_bytes(), 7);
+        assert_eq!(b2.weight(), 3);
+        assert!(same.server(a.addr).unwrap().is_fenced());
+        assert_eq!(
+            shard.replicas().count(),
+            0,
+            "the fenced server is no replica"
+        );
+
+        // The entry changed (a replica added): the map's primary, nothing fenced, the new server
+        // fresh.
+        let changed_map = map("\"127.0.0.1:5002\", \"127.0.0.1:5003\"");
+        let changed = Topology::rebuild(&changed_map, Some((&same, &same_map)));
+        let shard = &changed.shards[0];
+        assert_eq!(shard.primary().map(port), Some(5001));
+        assert!(!a.is_fenced());
+        let replicas: Vec<u16> = shard.replicas().map(port).collect();
+        assert_eq!(replicas, vec![5002, 5003]);
+        assert_eq!(b.role(), Role::Replica);
+        assert_eq!(
+            shard.failovers(),
+            1,
+            "the count goes on (a counter in /metrics)"
+        );
+
+        // A server removed from the map is gone from the topology.
+        let fewer_map = map("\"127.0.0.1:5003\"");
+        let fewer = Topology::rebuild(&fewer_map, Some((&changed, &changed_map)));
+        assert!(fewer.server(b.addr).is_none());
+        assert_eq!(fewer.servers().count(), 2);
     }
 }
