@@ -22,6 +22,14 @@
 //! - [`session_state`]: session settings that follow a client across pooled connections.
 //! - [`cancel`]: CancelRequest routing.
 //! - [`errors`]: every error a client can get from the proxy, with its SQLSTATE.
+//! - [`reload`]: the shard map in force (generations) and live reloads of it.
+//! - [`admin`]: the admin console (database `shardgate`).
+//! - [`metrics`]: `/metrics` in Prometheus text format.
+//! - [`router`]: where a statement goes (parsed once per text, cached); [`merge`]: answers of
+//!   several shards made into one.
+//! - [`topology`]: every shard's servers, their state and statistics; [`health`]: probes;
+//!   [`failover`]: who takes writes when a primary dies; [`hash`]: the shard hash;
+//!   [`twophase`]: the decision log of transactions over shards.
 //! - [`localcluster`]: real Postgres servers in temp dirs, for `shardgate demo` and the test suite.
 
 #![forbid(unsafe_code)]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::topology::stats::{Histogram, RouteKind};
+use crate::topology::stats::{RouteKind, WorkerHistograms};
 use crate::topology::{Role, ServerState, Shard};
 
 /// What the metrics are read from.
@@ -31,7 +31,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Appends a histogram's series (`labels` without braces, may be empty).
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+fn histogram(out: &mut String, name: &str, labels: &str, h: &WorkerHistograms) {
     let (buckets, sum, count) = h.snapshot();
     let sep = if labels.is_empty() { "" } else { "," };
     for (le, n) in buckets {

@@ -294,7 +294,7 @@ impl Worker {
         };
         let started = std::time::Instant::now();
         let got = crate::pool::get(pool, waited, shard, addr).await;
-        self.shared.pool_wait.record(started.elapsed());
+        self.shared.pool_wait.record(self.index, started.elapsed());
         got
     }
 

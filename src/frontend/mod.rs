@@ -63,7 +63,7 @@ pub struct Shared {
     /// replaces its entries when it takes a new map.
     pub pools: Mutex<HashMap<(usize, crate::config::ServerAddr), crate::pool::Pool>>,
     /// How long sessions waited for a pooled connection.
-    pub pool_wait: crate::topology::stats::Histogram,
+    pub pool_wait: crate::topology::stats::WorkerHistograms,
 }
 
 /// One server's pooled connections over every worker.

@@ -155,6 +155,8 @@ struct Waiter {
 /// One multiplexed server connection, as sessions see it.
 pub struct MuxConn {
     pub server: Arc<ServerState>,
+    /// The worker it runs on (its slot in the server's statistics).
+    worker: usize,
     count_busy: bool,
     /// Segments queued by sessions, written by [`run`].
     pub out: RefCell<BytesMut>,
@@ -216,9 +218,15 @@ impl MuxConn {
 }
 
 /// Makes `conn` a multiplexed connection and starts its task on the current `LocalSet`.
-pub fn start(mut conn: Checkout, server: Arc<ServerState>, count_busy: bool) -> Rc<MuxConn> {
+pub fn start(
+    mut conn: Checkout,
+    server: Arc<ServerState>,
+    count_busy: bool,
+    worker: usize,
+) -> Rc<MuxConn> {
     let mux = Rc::new(MuxConn {
         server,
+        worker,
         count_busy,
         out: RefCell::new(BytesMut::with_capacity(16 * 1024)),
         prepared: RefCell::new(std::mem::take(&mut conn.prepared)),
@@ -267,7 +275,7 @@ async fn run(mux: Rc<MuxConn>, mut conn: Checkout) {
                 match conn.stream.try_write(&conn.wbuf) {
                     Ok(n) => {
                         conn.wbuf.advance(n);
-                        mux.server.stats.sent(n);
+                        mux.server.stats.sent(mux.worker, n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e.to_string()),
@@ -345,7 +353,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
     }
     match conn.stream.try_read_buf(&mut conn.rbuf) {
         Ok(0) => return Err("the server closed the connection".into()),
-        Ok(n) => mux.server.stats.received(n),
+        Ok(n) => mux.server.stats.received(mux.worker, n),
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
         Err(e) => return Err(e.to_string()),
     }
@@ -372,7 +380,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
                 mux.broken.set(true);
             }
             be::ERROR_RESPONSE => {
-                mux.server.stats.error();
+                mux.server.stats.error(mux.worker);
                 crate::errors::CLIENT_ERRORS.count_body(body);
                 let severity = be::error_field(body, b'V');
                 if matches!(severity, Some(b"FATAL" | b"PANIC")) {
@@ -415,6 +423,7 @@ fn read_and_route(mux: &MuxConn, conn: &mut crate::backend::BackendConn) -> Resu
             let began = w.written.map_or(now, |t| t.max(mux.last_done.get()));
             mux.last_done.set(now);
             mux.server.stats.answered(
+                mux.worker,
                 crate::topology::stats::RouteKind::Single,
                 Some(now.duration_since(began)),
                 true,

@@ -521,7 +521,7 @@ impl Session {
                 Ok(n) => {
                     conn.wbuf.advance(n);
                     if let Some(h) = &self.held {
-                        h.server().stats.sent(n);
+                        h.server().stats.sent(self.worker.index, n);
                     }
                     if self.sent_at.is_none() {
                         self.sent_at = Some(Instant::now());

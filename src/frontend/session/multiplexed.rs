@@ -236,7 +236,7 @@ impl Session {
             Ok(conn) => {
                 let count_busy = self.live.config.routing.read_balance
                     == crate::config::ReadBalance::LeastConnections;
-                let mux = multiplex::start(conn, server.clone(), count_busy);
+                let mux = multiplex::start(conn, server.clone(), count_busy, self.worker.index);
                 self.worker.mux.borrow_mut().push(mux.clone());
                 Some(mux)
             }

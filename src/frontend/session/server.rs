@@ -18,7 +18,7 @@ impl Session {
             }
             Ok(n) => {
                 if let Some(h) = &self.held {
-                    h.server().stats.received(n);
+                    h.server().stats.received(self.worker.index, n);
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Flow::Continue),
@@ -111,6 +111,7 @@ impl Session {
                 if let Some(h) = &self.held {
                     let took = self.sent_at.take().map(|t| t.elapsed());
                     h.server().stats.answered(
+                        self.worker.index,
                         crate::topology::stats::RouteKind::Single,
                         took,
                         conn.tx_status == be::TX_IDLE,
@@ -195,7 +196,7 @@ impl Session {
             }
             be::ERROR_RESPONSE => {
                 if let Some(h) = &self.held {
-                    h.server().stats.error();
+                    h.server().stats.error(self.worker.index);
                 }
                 let severity = be::error_field(body, b'V').or_else(|| be::error_field(body, b'S'));
                 if self.timed_out && be::error_field(body, b'C') == Some(b"57014") {

@@ -210,6 +210,7 @@ impl Session {
         };
         let idle = !m.explicit;
         let took = started.elapsed();
+        let worker = self.worker.index;
         for p in &mut m.parts {
             let stats = &p._busy.server().stats;
             let (sent, received) = std::mem::take(&mut p.conn.unreported);
@@ -217,9 +218,9 @@ impl Session {
                 // Not part of this unit.
                 continue;
             }
-            stats.sent(sent as usize);
-            stats.received(received as usize);
-            stats.answered(kind, Some(took), idle);
+            stats.sent(worker, sent as usize);
+            stats.received(worker, received as usize);
+            stats.answered(worker, kind, Some(took), idle);
         }
     }
 
