@@ -127,8 +127,9 @@ impl ShardWatch {
         if self.failover.mode == FailoverMode::Off {
             return;
         }
-        // The server shardgate knows to be the legitimate primary (promote mode).
-        let mut legit: Option<Arc<ServerState>> = self.shard().primary().cloned();
+        // The server shardgate knows to be the legitimate primary (promote mode); after a
+        // reload, the one the previous watch knew (also during a split brain).
+        let mut legit: Option<Arc<ServerState>> = self.shard().legitimate().cloned();
         let mut discovered = false;
         // The probes run every interval; looking at their results is cheap (atomics), so it is
         // done more often: a change is acted on at most TICK after the probe that saw it.
@@ -253,6 +254,14 @@ impl ShardWatch {
     /// Declares `old` down, promotes the most advanced healthy replica and repoints the others.
     /// Returns the legitimate primary afterwards (None: no promotion was possible this time).
     async fn fail_over(&self, old: Option<Arc<ServerState>>) -> Option<Arc<ServerState>> {
+        // A reload waits while this runs (it would stop it half way).
+        self.shard().set_failing_over(true);
+        let legit = self.fail_over_steps(old).await;
+        self.shard().set_failing_over(false);
+        legit
+    }
+
+    async fn fail_over_steps(&self, old: Option<Arc<ServerState>>) -> Option<Arc<ServerState>> {
         let shard = self.shard();
         let started = Instant::now();
         if let Some(old) = &old {

@@ -315,7 +315,9 @@ impl State {
             live.config.health.clone(),
             live.config.failover.clone(),
             self.fenced.clone(),
-            None,
+            // Recovery resolves only what an earlier run of shardgate left in doubt, so it may
+            // run again; it also covers shards the map adds and primaries that were unreachable.
+            self.shared.decisions.clone(),
         ) {
             Ok(h) => self.health = Some(h),
             Err(e) => error!(error = %e, "cannot restart the health checker"),

@@ -289,7 +289,7 @@ impl Worker {
         addr: crate::config::ServerAddr,
     ) -> Result<crate::pool::Checkout, crate::errors::SessionError> {
         let (pool, waited) = {
-            let mut pools = self.pools.borrow_mut();
+            let pools = self.pools.borrow();
             (pools.pool(addr), pools.wait_timeout())
         };
         let started = std::time::Instant::now();
@@ -308,14 +308,17 @@ impl Worker {
             return live;
         }
         let workers = live.config.worker_count();
-        self.pools.borrow_mut().update(&live.config, workers);
-        self.mux_limit
-            .set(mux_limit(&live.config, &self.pools.borrow()));
+        let rebuilt = self.pools.borrow_mut().update(&live.config, workers);
+        let limit = mux_limit(&live.config, &self.pools.borrow());
+        // Fewer allowed, or connections made with the old [backend]: start over.
+        let start_over = rebuilt || limit < self.mux_limit.get();
+        self.mux_limit.set(limit);
         self.mux.borrow_mut().retain(|m| {
-            let kept = live
-                .topology
-                .server(m.server.addr)
-                .is_some_and(|s| Arc::ptr_eq(s, &m.server));
+            let kept = !start_over
+                && live
+                    .topology
+                    .server(m.server.addr)
+                    .is_some_and(|s| Arc::ptr_eq(s, &m.server));
             if !kept {
                 m.retire();
             }

@@ -118,10 +118,12 @@ impl Shared {
 
     /// Changes what is paused (the admin console's PAUSE/RESUME).
     pub fn set_paused(&self, change: impl FnOnce(&mut crate::admin::pause::Paused)) {
-        self.pause.send_modify(change);
-        let any = self.pause.borrow().any();
-        self.paused_any
-            .store(any, std::sync::atomic::Ordering::Release);
+        // The flag is set under the watch's lock, so two consoles cannot leave it stale.
+        self.pause.send_modify(|p| {
+            change(p);
+            self.paused_any
+                .store(p.any(), std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// The shard map in force now.

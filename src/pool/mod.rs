@@ -72,7 +72,8 @@ impl Pools {
     /// follow `proxy.pool_size`, the wait follows `proxy.pool_wait_timeout`; a change of
     /// `[backend]` or `proxy.connect_timeout` rebuilds every pool (old connections close as they
     /// come back).
-    pub fn update(&mut self, config: &Config, workers: usize) {
+    /// Returns whether every pool was rebuilt.
+    pub fn update(&mut self, config: &Config, workers: usize) -> bool {
         let per_worker = config.proxy.pool_size.div_ceil(workers.max(1)).max(1);
         // The wait applies per checkout (`get`); the rest is the connections' own.
         let rebuild = self.backend.user != config.backend.user
@@ -104,6 +105,7 @@ impl Pools {
         }
         self.pools = wanted;
         self.per_worker = per_worker;
+        rebuild
     }
 
     fn build(&self, addr: ServerAddr, size: usize) -> Pool {
@@ -127,14 +129,12 @@ impl Pools {
     }
 
     /// The pool of `addr`; a server no longer in the map (a transaction that began before a
-    /// reload) gets a pool made for it, dropped at the next reload.
-    pub fn pool(&mut self, addr: ServerAddr) -> Pool {
-        if let Some(p) = self.pools.get(&addr) {
-            return p.clone();
+    /// reload) gets a pool of its own, not kept: its connection closes when given back.
+    pub fn pool(&self, addr: ServerAddr) -> Pool {
+        match self.pools.get(&addr) {
+            Some(p) => p.clone(),
+            None => self.build(addr, 1),
         }
-        let p = self.build(addr, self.per_worker.max(1));
-        self.pools.insert(addr, p.clone());
-        p
     }
 
     /// Every pool, by server (for the admin console and metrics).

@@ -248,6 +248,11 @@ pub struct Shard {
     primary: AtomicUsize,
     /// Two writable servers and no way to tell the legitimate one: writes are refused.
     split_brain: AtomicBool,
+    /// The server last made primary (kept while a failover runs or a split brain lasts): the one
+    /// shardgate knows to be legitimate.
+    legit: AtomicUsize,
+    /// A failover of this shard is running now (promotion, repointing).
+    failing_over: AtomicBool,
     /// Wakes sessions waiting for a primary when one is set.
     pub primary_changed: Notify,
     /// Failovers done.
@@ -264,6 +269,8 @@ impl Shard {
             servers,
             primary: AtomicUsize::new(0),
             split_brain: AtomicBool::new(false),
+            legit: AtomicUsize::new(0),
+            failing_over: AtomicBool::new(false),
             primary_changed: Notify::new(),
             failovers: AtomicU64::new(0),
             rotation: AtomicUsize::new(0),
@@ -303,6 +310,7 @@ impl Shard {
             if Arc::ptr_eq(s, server) {
                 s.set_role(Role::Primary);
                 self.primary.store(i, Ordering::Release);
+                self.legit.store(i, Ordering::Release);
             } else {
                 s.set_role(Role::Replica);
             }
@@ -317,30 +325,53 @@ impl Shard {
         self.split_brain.store(split_brain, Ordering::Release);
     }
 
-    /// Takes over the runtime state of the same shard under the previous map (entry unchanged):
-    /// its primary (by address; failover may have moved it) and split brain.
+    /// Takes over the runtime state of the same shard under the previous map (same primary
+    /// named): the primary failover gave it and the legitimate one (by address, when still in the
+    /// shard), and a split brain. A runtime primary the map no longer lists leaves the map's.
     fn carry_over(&self, old: &Shard) {
+        let find = |index: usize| {
+            old.servers
+                .get(index)
+                .and_then(|p| self.servers.iter().position(|s| s.addr == p.addr))
+        };
+        let Some(legit) = find(old.legit.load(Ordering::Acquire)) else {
+            return;
+        };
+        self.legit.store(legit, Ordering::Release);
         let primary = old.primary.load(Ordering::Acquire);
-        let index = old
-            .servers
-            .get(primary)
-            .and_then(|p| self.servers.iter().position(|s| s.addr == p.addr))
-            .unwrap_or(NO_PRIMARY);
+        let index = if primary == NO_PRIMARY {
+            NO_PRIMARY
+        } else {
+            find(primary).unwrap_or(legit)
+        };
         self.primary.store(index, Ordering::Release);
         self.split_brain
             .store(old.split_brain.load(Ordering::Acquire), Ordering::Release);
         for (i, s) in self.servers.iter().enumerate() {
-            if i == index {
-                s.set_role(Role::Primary);
-            } else if index != NO_PRIMARY {
-                s.set_role(Role::Replica);
-            }
+            s.set_role(if i == legit {
+                Role::Primary
+            } else {
+                Role::Replica
+            });
         }
     }
 
-    /// A failover runs: no primary, and not because of a split brain.
+    /// The server shardgate knows to be the legitimate primary (also while a failover runs or a
+    /// split brain lasts), unless it was fenced.
+    pub fn legitimate(&self) -> Option<&Arc<ServerState>> {
+        self.servers
+            .get(self.legit.load(Ordering::Acquire))
+            .filter(|s| !s.is_fenced())
+    }
+
+    /// A failover of the shard is running now.
     pub fn failing_over(&self) -> bool {
-        self.primary.load(Ordering::Acquire) == NO_PRIMARY && !self.is_split_brain()
+        self.failing_over.load(Ordering::Acquire)
+    }
+
+    /// Marks a failover running (true) or over (false).
+    pub fn set_failing_over(&self, running: bool) {
+        self.failing_over.store(running, Ordering::Release);
     }
 
     pub fn count_failover(&self) {
@@ -369,10 +400,12 @@ impl Topology {
     }
 
     /// The topology of a reloaded shard map. Servers it shares with `old` (same address, same shard)
-    /// keep what is known of them: health, lag, busy counts, fencing. A shard whose entry did not
-    /// change (same primary, same servers) keeps the primary failover gave it, its split-brain state
-    /// and its failover count; a shard whose entry changed takes the map's primary and its fenced
-    /// servers are let back in (rebuilding them and changing the map is how an operator says so).
+    /// keep what is known of them: health, lag, busy counts, statistics, fencing; shards keep
+    /// their failover counts. A shard whose map entry names the same primary as before (replicas
+    /// added, removed or weighted) keeps the primary failover gave it, the legitimate primary and
+    /// its split-brain state; a shard whose map names another primary takes it, and its fenced
+    /// servers are let back in (rebuilding them and naming the new primary in the map is how an
+    /// operator says so).
     pub fn rebuild(config: &Config, old: Option<(&Topology, &Config)>) -> Topology {
         let mut by_addr = HashMap::new();
         let addr_of =
@@ -392,15 +425,8 @@ impl Topology {
                 let before = old.and_then(|(topology, config)| {
                     let shard = topology.shards.iter().find(|o| o.name == s.name)?;
                     let spec = config.shards.iter().find(|o| o.name == s.name)?;
-                    let mut was: Vec<ServerAddr> = std::iter::once(&spec.primary)
-                        .chain(spec.replicas.iter())
-                        .map(addr_of)
-                        .collect();
-                    let mut now: Vec<ServerAddr> = members.iter().map(|m| m.0).collect();
-                    let same_primary = was[0] == now[0];
-                    was.sort();
-                    now.sort();
-                    Some((topology, shard, same_primary && was == now))
+                    let same_primary = addr_of(&spec.primary) == members[0].0;
+                    Some((topology, shard, same_primary))
                 });
                 let servers: Vec<Arc<ServerState>> = members
                     .iter()
@@ -411,7 +437,9 @@ impl Topology {
                         let server = match kept {
                             Some(k) => {
                                 k.set_weight(weight);
-                                if !before.is_some_and(|(_, _, unchanged)| unchanged) {
+                                if !before.is_some_and(|(_, _, same_primary)| same_primary) {
+                                    // The map names another primary: the operator decided
+                                    // (rebuilt servers come back).
                                     k.unfence();
                                     k.set_role(role);
                                 }
@@ -424,11 +452,11 @@ impl Topology {
                     })
                     .collect();
                 let shard = Shard::new(&s.name, servers);
-                if let Some((_, old_shard, unchanged)) = before {
+                if let Some((_, old_shard, same_primary)) = before {
                     shard
                         .failovers
                         .store(old_shard.failovers(), Ordering::Relaxed);
-                    if unchanged {
+                    if same_primary {
                         shard.carry_over(old_shard);
                     }
                 }
@@ -496,8 +524,9 @@ mod tests {
     }
 
     /// A reload keeps what is known of the servers it shares with the old map and the shards'
-    /// failover counts; an unchanged shard keeps the primary failover chose; a changed one takes
-    /// the map's and lets its fenced servers back in; weights follow the map.
+    /// failover counts; a shard whose map names the same primary keeps the primary failover
+    /// chose, its fences and split brain; one whose map names another primary takes it and lets
+    /// its fenced servers back in; weights follow the map.
     #[test]
     fn rebuild_keeps_server_state_and_failover_until_the_entry_changes() {
         let old_map = map("\"127.0.0.1:5002\"");
@@ -529,16 +558,41 @@ mod tests {
             "the fenced server is no replica"
         );
 
-        // The entry changed (a replica added): the map's primary, nothing fenced, the new server
-        // fresh.
-        let changed_map = map("\"127.0.0.1:5002\", \"127.0.0.1:5003\"");
-        let changed = Topology::rebuild(&changed_map, Some((&same, &same_map)));
-        let shard = &changed.shards[0];
-        assert_eq!(shard.primary().map(port), Some(5001));
+        // A replica added, the same primary named: failover's primary and the fence stay (the
+        // old primary must not take writes again), the new server is fresh.
+        let added_map = map("\"127.0.0.1:5002\", \"127.0.0.1:5003\"");
+        let added = Topology::rebuild(&added_map, Some((&same, &same_map)));
+        let shard = &added.shards[0];
+        assert_eq!(shard.primary().map(port), Some(5002));
+        assert!(a.is_fenced());
+        let replicas: Vec<u16> = shard.replicas().map(port).collect();
+        assert_eq!(replicas, vec![5003]);
+
+        // A split brain lasts through a reload with the same primary named, and the legitimate
+        // primary is still known (a failover must not pick by WAL position then).
+        shard.clear_primary(true);
+        let again = Topology::rebuild(&added_map, Some((&added, &added_map)));
+        assert!(again.shards[0].is_split_brain());
+        assert!(again.shards[0].primary().is_none());
+        assert_eq!(again.shards[0].legitimate().map(port), Some(5002));
+
+        // The map names the new primary (the old one rebuilt as its replica): the map's
+        // primary, nothing fenced.
+        let named_map = crate::config::load_str(
+            "[[users]]\nname = \"a\"\npassword = \"b\"\n[backend]\nuser = \"a\"\ndatabase = \"a\"\n\
+             [[shards]]\nname = \"s0\"\nrange = [0, 4294967296]\nprimary = \"127.0.0.1:5002\"\n\
+             replicas = [\"127.0.0.1:5001\", \"127.0.0.1:5003\"]\n",
+            "test",
+        )
+        .unwrap();
+        let named = Topology::rebuild(&named_map, Some((&again, &added_map)));
+        let shard = &named.shards[0];
+        assert_eq!(shard.primary().map(port), Some(5002));
+        assert!(!shard.is_split_brain());
         assert!(!a.is_fenced());
         let replicas: Vec<u16> = shard.replicas().map(port).collect();
-        assert_eq!(replicas, vec![5002, 5003]);
-        assert_eq!(b.role(), Role::Replica);
+        assert_eq!(replicas, vec![5001, 5003]);
+        assert_eq!(a.role(), Role::Replica);
         assert_eq!(
             shard.failovers(),
             1,
@@ -546,9 +600,12 @@ mod tests {
         );
 
         // A server removed from the map is gone from the topology.
-        let fewer_map = map("\"127.0.0.1:5003\"");
-        let fewer = Topology::rebuild(&fewer_map, Some((&changed, &changed_map)));
-        assert!(fewer.server(b.addr).is_none());
+        let fewer = Topology::rebuild(&same_map, Some((&named, &named_map)));
+        assert!(
+            fewer
+                .server(ServerAddr(resolve("127.0.0.1:5003").unwrap()))
+                .is_none()
+        );
         assert_eq!(fewer.servers().count(), 2);
     }
 }

@@ -11,6 +11,7 @@ use crate::reload::{admin, admin_rows, config_value, with_admin};
 tests![
     admin_console_shows_the_proxy_and_refuses_other_users,
     pause_holds_new_transactions_until_resume,
+    pause_holds_a_transaction_over_several_shards,
     metrics_parse_and_their_counters_move,
 ];
 
@@ -450,6 +451,53 @@ fn metrics_parse_and_their_counters_move(ctx: &Ctx) -> anyhow::Result<()> {
         );
         let pool = sum(&after, "shardgate_pool_connections", &[&server]);
         ensure!(pool >= 1.0, "pooled connections {pool}");
+        Ok(())
+    })
+}
+
+/// PAUSE also holds a transaction over several shards (a BEGIN sent before the PAUSE, then a
+/// statement on every shard), which the session counts as open before it takes any connection.
+fn pause_holds_a_transaction_over_several_shards(ctx: &Ctx) -> anyhow::Result<()> {
+    block_on(async {
+        let s = crate::sharded::sharded(ctx, 2).await?;
+        let map = with_admin(&format!(
+            "{}\n{}",
+            s.cluster.shard_map_toml("127.0.0.1:0"),
+            crate::sharded::TABLES
+        ));
+        let proxy = ctx.start_proxy(&map)?;
+        let client = proxy.client().await?;
+        client
+            .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY)")
+            .await?;
+        let console = admin(proxy.addr()).await?;
+        // BEGIN alone reaches no server yet (the next statement decides where it goes).
+        client.batch_execute("BEGIN").await?;
+        console.simple_query("PAUSE").await?;
+        let query = tokio::spawn(async move {
+            let rows = client.simple_query("SELECT count(*) FROM users").await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, tokio_postgres::Error>(rows.len())
+        });
+        wait_until(
+            "the transaction over the shards to wait",
+            Duration::from_secs(10),
+            || async {
+                admin_rows(&console, "SHOW CLIENTS")
+                    .await
+                    .map(|rows| rows.iter().any(|r| col(r, "state") == Some("waiting")))
+                    .unwrap_or(false)
+            },
+        )
+        .await?;
+        ensure!(
+            !query.is_finished(),
+            "a transaction over the shards ran while paused"
+        );
+        console.simple_query("RESUME").await?;
+        tokio::time::timeout(Duration::from_secs(10), query)
+            .await
+            .map_err(|_| anyhow!("the held transaction did not run after RESUME"))???;
         Ok(())
     })
 }

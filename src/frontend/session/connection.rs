@@ -77,12 +77,19 @@ impl Session {
         }
     }
 
+    /// The held connection went (given back, lost, moved into a fan-out): its request timing
+    /// and `query_timeout` state go with it.
+    pub(super) fn forget_request_timing(&mut self) {
+        self.sent_at = None;
+        self.timed_out = false;
+        self.timeout_error = false;
+    }
+
     /// Gives the server connection back (or closes it when it cannot be trusted).
     pub(super) fn release(&mut self) {
         if let Some(conn) = self.backend.take() {
             self.held = None;
-            self.sent_at = None;
-            self.timed_out = false;
+            self.forget_request_timing();
             self.info
                 .set(crate::frontend::clients::ClientState::Idle, None);
             self.disarm_retry();
@@ -175,6 +182,7 @@ impl Session {
             return;
         };
         self.held = None;
+        self.forget_request_timing();
         let reason = self.server_fatal.take().unwrap_or(reason);
         self.cancel.set(None);
         let server = conn.addr;

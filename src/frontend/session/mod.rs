@@ -117,6 +117,8 @@ pub struct Session {
     fanout_started: Instant,
     /// The fan-out unit's `query_timeout` timer, and whether it fired.
     fanout_watchdog: Option<(tokio::task::JoinHandle<()>, Rc<std::cell::Cell<bool>>)>,
+    /// That timer fired in the current unit (its connections are not pooled).
+    fanout_fired: bool,
     /// The server's answer to that cancel arrived: the client gets shardgate's 57014 instead.
     timeout_error: bool,
     /// Shared with multiplexed connections, which write answers straight to it when they can.
@@ -303,6 +305,7 @@ impl Session {
             timeout_error: false,
             fanout_started: Instant::now(),
             fanout_watchdog: None,
+            fanout_fired: false,
         }
     }
 

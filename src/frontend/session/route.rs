@@ -311,10 +311,12 @@ impl Session {
     }
 
     /// A new transaction on `shards` waits while one of them is paused (admin `PAUSE`); a
-    /// transaction already open goes on (its statements are what PAUSE waits for).
-    pub(super) async fn hold_if_paused(&mut self, shards: &[usize]) {
+    /// transaction already open goes on (its statements are what PAUSE waits for). `new`: the
+    /// caller knows the transaction is new (a fan-out with no connection yet, whose BEGIN the
+    /// session already counts as open). A graceful shutdown ends the wait.
+    pub(super) async fn hold_if_paused(&mut self, shards: &[usize], new: bool) {
         if !self.worker.shared.paused_any.load(Ordering::Acquire)
-            || (self.client_tx_status() != be::TX_IDLE && self.deferred_begin.is_none())
+            || (!new && self.client_tx_status() != be::TX_IDLE && self.deferred_begin.is_none())
         {
             return;
         }
@@ -328,7 +330,12 @@ impl Session {
         }
         self.info.set_state(ClientState::Waiting);
         debug!(?names, "paused: the transaction waits for RESUME");
-        let _ = rx.wait_for(|p| !names.iter().any(|n| p.holds(n))).await;
+        let mut drain = self.worker.shared.drain.subscribe();
+        tokio::select! {
+            _ = rx.wait_for(|p| !names.iter().any(|n| p.holds(n))) => {}
+            // Nobody could RESUME after a SHUTDOWN: go on, the session ends after this transaction.
+            _ = drain.wait_for(|d| *d) => {}
+        }
         self.info.set_state(ClientState::Idle);
     }
 
@@ -338,7 +345,7 @@ impl Session {
         let mut exclude = self.retry.exclude.take();
         let mut retried = false;
         let mut chosen = self.chosen.take().filter(|_| want == Want::Read);
-        self.hold_if_paused(&[self.unit_shard]).await;
+        self.hold_if_paused(&[self.unit_shard], false).await;
         if want == Want::Primary {
             self.wait_for_primary(self.unit_shard, None).await?;
         }
@@ -459,6 +466,7 @@ impl Session {
         let server = conn.addr;
         drop(Checkout::take(conn));
         self.held = None;
+        self.forget_request_timing();
         self.cancel.set(None);
         if let Some(s) = self.live.topology.server(server) {
             s.suspect();

@@ -19,6 +19,8 @@ fn failpoint(name: &str) {
 impl Session {
     /// COMMIT or ROLLBACK of a transaction over several shards; answers the group's frames.
     pub(super) async fn finish_multi(&mut self, commit: bool, g: &Group, frames: &[u8]) {
+        // A commit over shards is not cancelled half way by query_timeout.
+        self.stop_watchdog();
         let failed = self.multi.as_ref().is_some_and(|m| m.failed);
         let tag = if commit && !failed {
             if let Err(e) = self.commit_parts().await {

@@ -77,9 +77,7 @@ impl Session {
         c: CopyIn,
     ) -> Step {
         // A COPY over the shards goes at the client's pace: query_timeout does not apply.
-        if let Some((timer, _)) = self.fanout_watchdog.take() {
-            timer.abort();
-        }
+        self.stop_watchdog();
         let n = self.live.config.shards.len();
         // None: a table every shard holds whole.
         let table = self.live.config.table(&c.table).cloned();

@@ -141,6 +141,7 @@ impl Session {
         let Some(conn) = self.backend.take() else {
             return;
         };
+        self.forget_request_timing();
         self.disarm_retry();
         self.cancel.set(None);
         let explicit = conn.tx_status != be::TX_IDLE || self.begun;
@@ -174,14 +175,17 @@ impl Session {
     /// Runs one unit over several shards; the unit is `unit` (whole frames).
     pub(super) async fn run_fanout(&mut self, unit: &[u8], shards: Shards) -> Step {
         self.fanout_started = Instant::now();
-        let limit = self.live.config.proxy.query_timeout;
-        if let Some((timer, _)) = self.fanout_watchdog.take() {
-            timer.abort();
-        }
-        if !limit.is_zero() {
-            self.fanout_watchdog = Some(watchdog(self.cancel.clone(), limit));
-        }
+        self.stop_watchdog();
         self.run_fanout_unit(unit, shards).await
+    }
+
+    /// Stops the unit's `query_timeout` timer (before a commit over shards, which must not be
+    /// cancelled half way, and when the unit is answered), remembering whether it fired.
+    pub(super) fn stop_watchdog(&mut self) {
+        if let Some((timer, fired)) = self.fanout_watchdog.take() {
+            timer.abort();
+            self.fanout_fired |= fired.get();
+        }
     }
 
     /// Adds what the unit's shards answered to their servers' statistics.
@@ -190,10 +194,8 @@ impl Session {
         // The unit is answered: its query timer stops. If it fired, the shards were asked to
         // cancel; their connections are closed rather than pooled, so no late cancel can reach
         // another client's statement.
-        let fired = self.fanout_watchdog.take().is_some_and(|(task, fired)| {
-            task.abort();
-            fired.get()
-        });
+        self.stop_watchdog();
+        let fired = std::mem::take(&mut self.fanout_fired);
         let Some(m) = self.multi.as_mut() else {
             return;
         };
@@ -338,6 +340,7 @@ impl Session {
             }
         }
         if wrap {
+            self.stop_watchdog();
             if failed {
                 self.rollback_parts().await;
             } else if let Err(e) = self.commit_parts().await {
@@ -447,7 +450,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         if self.multi.as_ref().expect("set").parts.is_empty() {
             let all: Vec<usize> = targets.iter().collect();
-            self.hold_if_paused(&all).await;
+            self.hold_if_paused(&all, true).await;
         }
         for shard in targets.iter() {
             if self
@@ -483,6 +486,12 @@ impl Session {
             m.parts.sort_by_key(|p| p.shard);
             self.info
                 .set(crate::frontend::clients::ClientState::Active, Some(None));
+        }
+        // The unit's query_timeout runs from its first connection on (not while it waited for
+        // them).
+        let limit = self.live.config.proxy.query_timeout;
+        if !limit.is_zero() && self.fanout_watchdog.is_none() {
+            self.fanout_watchdog = Some(watchdog(self.cancel.clone(), limit));
         }
         self.cancel.set_fanout(
             self.multi
