@@ -378,7 +378,7 @@ fn demo_runs_a_cluster_and_stops_it() {
         .collect();
     assert_eq!(pids.len(), 4, "2 primaries and 2 replicas");
 
-    unsafe_free_sigint(demo.id());
+    kill("-INT", demo.id());
     let mut status = None;
     assert!(
         poll_until(Duration::from_secs(60), || {
@@ -411,16 +411,6 @@ impl Drop for StopOnDrop {
             .status();
         poll_until(Duration::from_secs(60), || !running(self.0));
     }
-}
-
-/// Sends SIGINT with the `kill` command (the suite forbids unsafe code).
-fn unsafe_free_sigint(pid: u32) {
-    let ok = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -INT {pid}");
 }
 
 /// Two-phase commit survives a crash of shardgate itself. A transaction writes on both shards of a
@@ -573,22 +563,9 @@ fn a_shutdown_lets_the_open_transaction_commit_then_exits_0() {
     let map_path = dir.path().join("map.toml");
     std::fs::write(&map_path, &map).unwrap();
     let log_path = dir.path().join("proxy.log");
-    let mut proxy = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&map_path)
-        .env("SHARDGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut proxy = run_listening(&map_path, &log_path, port);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let _stop = StopOnDrop(proxy.id());
-    assert!(
-        poll_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        }),
-        "shardgate did not start listening"
-    );
     let url = format!("postgres://app:secret@127.0.0.1:{port}/app");
     let (ok, _, err) = psql(&url, "CREATE TABLE shut (id int PRIMARY KEY);");
     assert!(ok, "{err}");
@@ -626,7 +603,34 @@ fn a_shutdown_lets_the_open_transaction_commit_then_exits_0() {
     assert_eq!(out, "2");
 }
 
-/// Sends `signal` (`-HUP`, `-TERM`) with the `kill` command.
+/// `shardgate run --config MAP` (log level info, the map's own log format, stderr to `log`), once
+/// it listens on `port`.
+fn run_listening(map: &Path, log: &Path, port: u16) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(map)
+        .env("SHARDGATE_LOG", "info")
+        .env_remove("SHARDGATE_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let listening = poll_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if !listening {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "shardgate did not start listening: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    child
+}
+
+/// Sends `signal` (`-INT`, `-HUP`, `-TERM`) with the `kill` command (the suite forbids unsafe
+/// code).
 fn kill(signal: &str, pid: u32) {
     let ok = Command::new("kill")
         .args([signal, &pid.to_string()])
@@ -662,24 +666,10 @@ fn sighup_reloads_logs_are_json_and_admin_shutdown_exits_0() {
     let map_path = dir.path().join("map.toml");
     std::fs::write(&map_path, &map).unwrap();
     let log_path = dir.path().join("proxy.log");
-    let mut proxy = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&map_path)
-        .env("SHARDGATE_LOG", "info")
-        .env_remove("SHARDGATE_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut proxy = run_listening(&map_path, &log_path, port);
     let pid = proxy.id();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let _stop = StopOnDrop(pid);
-    assert!(
-        poll_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        }),
-        "shardgate did not start listening"
-    );
     let url = format!("postgres://app:secret@127.0.0.1:{port}/app");
     let admin = format!("postgres://ops:opspw@127.0.0.1:{port}/shardgate");
     let config = |key: &str| {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, ensure};
 
-use crate::harness::{Ctx, block_on, connect, proxy_setting, routed, tests, wait_until};
+use crate::harness::{
+    Ctx, block_on, connect, proxy_setting, routed, scrape_metrics, tests, wait_until,
+};
 use crate::reload::{admin, admin_rows, config_value, with_admin};
 
 tests![
@@ -20,6 +22,17 @@ fn col<'a>(row: &'a [(String, Option<String>)], column: &str) -> Option<&'a str>
     row.iter()
         .find(|(c, _)| c == column)
         .and_then(|(_, v)| v.as_deref())
+}
+
+/// Polls `SHOW CLIENTS` on `console` until a client is `waiting` (held by PAUSE).
+async fn until_a_client_waits(console: &tokio_postgres::Client, what: &str) -> anyhow::Result<()> {
+    wait_until(what, Duration::from_secs(10), || async {
+        admin_rows(console, "SHOW CLIENTS")
+            .await
+            .map(|rows| rows.iter().any(|r| col(r, "state") == Some("waiting")))
+            .unwrap_or(false)
+    })
+    .await
 }
 
 /// `SHOW SHARDS`, `SERVERS`, `POOLS`, `CLIENTS`, `STATS`, `CONFIG`, `HELP` answer with the
@@ -247,17 +260,7 @@ fn pause_holds_new_transactions_until_resume(ctx: &Ctx) -> anyhow::Result<()> {
             let v: i32 = held.query_one("SELECT 3", &[]).await?.get(0);
             Ok::<_, tokio_postgres::Error>(v)
         });
-        wait_until(
-            "a client waiting in SHOW CLIENTS",
-            Duration::from_secs(10),
-            || async {
-                admin_rows(&watcher, "SHOW CLIENTS")
-                    .await
-                    .map(|rows| rows.iter().any(|r| col(r, "state") == Some("waiting")))
-                    .unwrap_or(false)
-            },
-        )
-        .await?;
+        until_a_client_waits(&watcher, "a client waiting in SHOW CLIENTS").await?;
         ensure!(!query.is_finished(), "a transaction ran while paused");
         console.simple_query("RESUME").await?;
         let v = tokio::time::timeout(Duration::from_secs(10), query)
@@ -274,17 +277,7 @@ fn pause_holds_new_transactions_until_resume(ctx: &Ctx) -> anyhow::Result<()> {
             let v: i32 = held.query_one("SELECT 4", &[]).await?.get(0);
             Ok::<_, tokio_postgres::Error>(v)
         });
-        wait_until(
-            "a client waiting on s0",
-            Duration::from_secs(10),
-            || async {
-                admin_rows(&watcher, "SHOW CLIENTS")
-                    .await
-                    .map(|rows| rows.iter().any(|r| col(r, "state") == Some("waiting")))
-                    .unwrap_or(false)
-            },
-        )
-        .await?;
+        until_a_client_waits(&watcher, "a client waiting on s0").await?;
         console.simple_query("RESUME s0").await?;
         let v = tokio::time::timeout(Duration::from_secs(10), query)
             .await
@@ -292,48 +285,6 @@ fn pause_holds_new_transactions_until_resume(ctx: &Ctx) -> anyhow::Result<()> {
         ensure!(v == 4);
         Ok(())
     })
-}
-
-/// One scrape of `/metrics`: every sample line parsed into (name with labels, value).
-async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
-    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP answer")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut out = HashMap::new();
-    let mut typed = std::collections::HashSet::new();
-    for line in body.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let name = rest.split_whitespace().next().unwrap_or("");
-            ensure!(typed.insert(name.to_string()), "{name} typed twice");
-            continue;
-        }
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').context("a sample line")?;
-        let value: f64 = value
-            .parse()
-            .map_err(|_| anyhow!("not a number in {line:?}"))?;
-        let name = series.split('{').next().unwrap_or("");
-        let family = name
-            .trim_end_matches("_bucket")
-            .trim_end_matches("_sum")
-            .trim_end_matches("_count");
-        ensure!(
-            typed.contains(name) || typed.contains(family),
-            "{name} has no TYPE line before it"
-        );
-        ensure!(
-            out.insert(series.to_string(), value).is_none(),
-            "{series} twice"
-        );
-    }
-    Ok(out)
 }
 
 /// The sum of every sample of `name` whose labels contain all of `labels`.
@@ -360,7 +311,7 @@ fn metrics_parse_and_their_counters_move(ctx: &Ctx) -> anyhow::Result<()> {
             .metrics_addr()
             .context("metrics_listen is set")?;
         let primary = ctx.primary()?.addr();
-        let before = scrape(metrics).await?;
+        let before = scrape_metrics(metrics).await?;
         let client = proxy.client().await?;
         for i in 0..20 {
             let v: i32 = client.query_one("SELECT $1::int4", &[&i]).await?.get(0);
@@ -380,7 +331,7 @@ fn metrics_parse_and_their_counters_move(ctx: &Ctx) -> anyhow::Result<()> {
             .reload()
             .await
             .map_err(|e| anyhow!("reload refused: {e}"))?;
-        let after = scrape(metrics).await?;
+        let after = scrape_metrics(metrics).await?;
         let server = format!("server=\"{primary}\"");
         let q = |m: &HashMap<String, f64>| {
             sum(
@@ -479,17 +430,7 @@ fn pause_holds_a_transaction_over_several_shards(ctx: &Ctx) -> anyhow::Result<()
             client.batch_execute("COMMIT").await?;
             Ok::<_, tokio_postgres::Error>(rows.len())
         });
-        wait_until(
-            "the transaction over the shards to wait",
-            Duration::from_secs(10),
-            || async {
-                admin_rows(&console, "SHOW CLIENTS")
-                    .await
-                    .map(|rows| rows.iter().any(|r| col(r, "state") == Some("waiting")))
-                    .unwrap_or(false)
-            },
-        )
-        .await?;
+        until_a_client_waits(&console, "the transaction over the shards to wait").await?;
         ensure!(
             !query.is_finished(),
             "a transaction over the shards ran while paused"

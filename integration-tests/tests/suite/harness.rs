@@ -391,6 +391,51 @@ where
     Ok(())
 }
 
+/// One scrape of `/metrics` at `addr`: checked (HTTP 200, one TYPE line per family before its
+/// samples, every sample a number, no series twice) and parsed into (name with labels → value).
+pub async fn scrape_metrics(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP answer")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut out = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            anyhow::ensure!(typed.insert(name.to_string()), "{name} typed twice");
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').context("a sample line")?;
+        let value: f64 = value
+            .parse()
+            .map_err(|_| anyhow!("not a number in {line:?}"))?;
+        let name = series.split('{').next().unwrap_or("");
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        anyhow::ensure!(
+            typed.contains(name) || typed.contains(family),
+            "{name} has no TYPE line before it"
+        );
+        anyhow::ensure!(
+            out.insert(series.to_string(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    Ok(out)
+}
+
 /// `map` with every shard's replica list emptied.
 pub fn without_replicas(map: &str) -> String {
     map.lines()

@@ -243,32 +243,19 @@ fn reload_under_load_applies_twenty_maps_without_a_client_error(ctx: &Ctx) -> an
             BTreeSet<u16>,
             Option<(&'static str, &'static str)>,
         );
+        // A step where reads land on `ports` only, and on each of them.
+        let only = |replicas: String, ports: &[u16]| -> Option<Step> {
+            Some((replicas, String::new(), set(ports), set(ports), None))
+        };
+        let (one_a, one_b) = (format!("\"{ra}\""), format!("\"{rb}\""));
         let steps: Vec<Option<Step>> = vec![
-            Some((
-                format!("\"{ra}\""),
-                String::new(),
-                set(&[r1]),
-                set(&[r1]),
-                None,
-            )),
-            Some((
-                both.clone(),
-                String::new(),
-                set(&[r1, r2]),
-                set(&[r1, r2]),
-                None,
-            )),
-            Some((String::new(), String::new(), set(&[p]), set(&[p]), None)),
+            only(one_a.clone(), &[r1]),
+            only(both.clone(), &[r1, r2]),
+            only(String::new(), &[p]),
             None,
-            Some((
-                format!("\"{rb}\""),
-                String::new(),
-                set(&[r2]),
-                set(&[r2]),
-                None,
-            )),
-            Some((w0(&ra, &rb), String::new(), set(&[r2]), set(&[r2]), None)),
-            Some((w0(&rb, &ra), String::new(), set(&[r1]), set(&[r1]), None)),
+            only(one_b.clone(), &[r2]),
+            only(w0(&ra, &rb), &[r2]),
+            only(w0(&rb, &ra), &[r1]),
             Some((
                 both.clone(),
                 "read_balance = \"least_connections\"".into(),
@@ -291,51 +278,21 @@ fn reload_under_load_applies_twenty_maps_without_a_client_error(ctx: &Ctx) -> an
                 set(&[p]),
                 Some(("routing.read_from_primary", "true")),
             )),
-            Some((
-                format!("\"{ra}\""),
-                String::new(),
-                set(&[r1]),
-                set(&[r1]),
-                None,
-            )),
-            Some((String::new(), String::new(), set(&[p]), set(&[p]), None)),
-            Some((
-                format!("\"{rb}\""),
-                String::new(),
-                set(&[r2]),
-                set(&[r2]),
-                None,
-            )),
-            Some((
-                both.clone(),
-                String::new(),
-                set(&[r1, r2]),
-                set(&[r1, r2]),
-                None,
-            )),
+            only(one_a.clone(), &[r1]),
+            only(String::new(), &[p]),
+            only(one_b.clone(), &[r2]),
+            only(both.clone(), &[r1, r2]),
             None,
-            Some((w0(&ra, &rb), String::new(), set(&[r2]), set(&[r2]), None)),
+            only(w0(&ra, &rb), &[r2]),
             Some((
-                format!("\"{ra}\""),
+                one_a.clone(),
                 "read_balance = \"least_connections\"".into(),
                 set(&[r1]),
                 set(&[r1]),
                 Some(("routing.read_balance", "LeastConnections")),
             )),
-            Some((
-                both.clone(),
-                String::new(),
-                set(&[r1, r2]),
-                set(&[r1, r2]),
-                None,
-            )),
-            Some((
-                format!("\"{rb}\""),
-                String::new(),
-                set(&[r2]),
-                set(&[r2]),
-                None,
-            )),
+            only(both.clone(), &[r1, r2]),
+            only(one_b.clone(), &[r2]),
         ];
         assert_eq!(steps.len(), 20);
         let broken = [
