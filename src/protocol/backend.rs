@@ -153,18 +153,7 @@ pub fn write_no_parameters(out: &mut BytesMut) {
 
 /// RowDescription of one text column.
 pub fn write_text_column(out: &mut BytesMut, name: &str) {
-    let len = 4 + 2 + name.len() + 1 + 4 + 2 + 4 + 2 + 4 + 2;
-    out.put_u8(ROW_DESCRIPTION);
-    out.put_i32(len as i32);
-    out.put_i16(1);
-    out.extend_from_slice(name.as_bytes());
-    out.put_u8(0);
-    out.put_i32(0); // table
-    out.put_i16(0); // column
-    out.put_i32(25); // text
-    out.put_i16(-1);
-    out.put_i32(-1);
-    out.put_i16(0); // text format
+    write_text_columns(out, &[name]);
 }
 
 /// RowDescription of text columns.
@@ -226,11 +215,7 @@ pub fn write_notice(out: &mut BytesMut, message: &str) {
 
 /// DataRow of one text value.
 pub fn write_text_row(out: &mut BytesMut, value: &str) {
-    out.put_u8(DATA_ROW);
-    out.put_i32((4 + 2 + 4 + value.len()) as i32);
-    out.put_i16(1);
-    out.put_i32(value.len() as i32);
-    out.extend_from_slice(value.as_bytes());
+    write_text_values(out, &[Some(value)]);
 }
 
 pub fn write_parameter_status(out: &mut BytesMut, name: &[u8], value: &[u8]) {

@@ -83,6 +83,28 @@ fn with_replicas(map: &str, replicas: &str) -> String {
         + "\n"
 }
 
+/// Polls `server` (as its superuser) until no connection of the `app` role is left on it.
+async fn no_app_connections(
+    server: &shardgate::localcluster::Instance,
+    what: &str,
+) -> anyhow::Result<()> {
+    let su = connect(&server.superuser_conninfo("postgres")).await?;
+    wait_until(
+        &format!("{what}'s connections to close"),
+        Duration::from_secs(10),
+        || async {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+        },
+    )
+    .await
+}
+
 async fn port_of(client: &tokio_postgres::Client) -> anyhow::Result<u16> {
     for m in client.simple_query("SELECT inet_server_port()").await? {
         if let SimpleQueryMessage::Row(r) = m {
@@ -568,30 +590,10 @@ fn reload_drains_a_removed_replica_moves_the_primary_and_adds_a_user(
         );
         ensure!(port_of(&client).await? == p1, "reads go to the new primary");
 
-        // The removed replica's connections close once idle (seen from the replica).
-        let su = connect(&s0.replicas[0].superuser_conninfo("postgres")).await?;
-        wait_until("the removed replica's connections to close", Duration::from_secs(10), || async {
-            su.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-        })
-        .await?;
-        // And the old primary's, once its last transaction ended.
-        let su0 = connect(&s0.primary.superuser_conninfo("postgres")).await?;
-        wait_until("the old primary's connections to close", Duration::from_secs(10), || async {
-            su0.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' AND datname = 'app' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-        })
-        .await?;
+        // The removed replica's connections close once idle (seen from the replica), and the old
+        // primary's once its last transaction ended.
+        no_app_connections(&s0.replicas[0], "the removed replica").await?;
+        no_app_connections(&s0.primary, "the old primary").await?;
 
         // The new user logs in and works.
         let late_client = connect(&late).await?;
