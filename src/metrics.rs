@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::topology::stats::{RouteKind, WorkerHistograms};
-use crate::topology::{Role, ServerState, Shard};
+use crate::topology::{Role, ServerState, Shard, Topology};
 
 /// What the metrics are read from.
 pub struct Sources {
@@ -55,130 +55,141 @@ fn role(shard: &Shard, s: &Arc<ServerState>) -> &'static str {
     }
 }
 
+/// Appends a family with one sample per server and extra label set: `samples` gives each
+/// server's (extra labels such as `,state="idle"`, value); an empty list leaves the server out.
+fn per_server<F>(out: &mut String, topology: &Topology, family: (&str, &str, &str), samples: F)
+where
+    F: Fn(&Shard, &Arc<ServerState>) -> Vec<(String, u64)>,
+{
+    let (name, kind, help) = family;
+    header(out, name, kind, help);
+    for shard in &topology.shards {
+        for s in shard.servers() {
+            for (labels, value) in samples(shard, s) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{}\",server=\"{}\"{labels}}} {value}",
+                    shard.name, s.addr
+                );
+            }
+        }
+    }
+}
+
+/// Appends a family with one sample per shard.
+fn per_shard(
+    out: &mut String,
+    topology: &Topology,
+    family: (&str, &str, &str),
+    value: impl Fn(&Shard) -> u64,
+) {
+    let (name, kind, help) = family;
+    header(out, name, kind, help);
+    for shard in &topology.shards {
+        let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", shard.name, value(shard));
+    }
+}
+
+/// One sample without extra labels.
+fn one(value: impl Into<u64>) -> Vec<(String, u64)> {
+    vec![(String::new(), value.into())]
+}
+
 /// The metrics text now.
 pub fn render(src: &Sources) -> String {
     let shared = &src.shared;
     let live = shared.live();
     let topology = &live.topology;
     let mut out = String::new();
-    header(
-        &mut out,
-        "shardgate_clients",
-        "gauge",
-        "Client connections now.",
-    );
+    let out = &mut out;
+    header(out, "shardgate_clients", "gauge", "Client connections now.");
     let _ = writeln!(
         out,
         "shardgate_clients {}",
         shared.clients.load(Ordering::Relaxed)
     );
-    header(
-        &mut out,
-        "shardgate_pool_connections",
-        "gauge",
-        "Pooled server connections over every worker, by state (active: checked out).",
-    );
     let pools = shared.pool_status();
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            let p = pools.get(&s.addr).copied().unwrap_or_default();
-            for (state, n) in [("active", p.active), ("idle", p.idle)] {
-                let _ = writeln!(
-                    out,
-                    "shardgate_pool_connections{{shard=\"{}\",server=\"{}\",state=\"{state}\"}} {n}",
-                    shard.name, s.addr
-                );
-            }
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_pool_waiting_clients",
-        "gauge",
-        "Sessions waiting for a pooled connection now.",
+    let pool = |s: &Arc<ServerState>| pools.get(&s.addr).copied().unwrap_or_default();
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_pool_connections",
+            "gauge",
+            "Pooled server connections over every worker, by state (active: checked out).",
+        ),
+        |_, s| {
+            let p = pool(s);
+            vec![
+                (",state=\"active\"".into(), p.active as u64),
+                (",state=\"idle\"".into(), p.idle as u64),
+            ]
+        },
     );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            let p = pools.get(&s.addr).copied().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "shardgate_pool_waiting_clients{{shard=\"{}\",server=\"{}\"}} {}",
-                shard.name, s.addr, p.waiting
-            );
-        }
-    }
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_pool_waiting_clients",
+            "gauge",
+            "Sessions waiting for a pooled connection now.",
+        ),
+        |_, s| one(pool(s).waiting as u64),
+    );
     header(
-        &mut out,
+        out,
         "shardgate_pool_wait_seconds",
         "histogram",
         "How long sessions waited to check out a pooled connection.",
     );
-    histogram(
-        &mut out,
-        "shardgate_pool_wait_seconds",
-        "",
-        &shared.pool_wait,
+    histogram(out, "shardgate_pool_wait_seconds", "", &shared.pool_wait);
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_queries_total",
+            "counter",
+            "Answers completed by servers, by route (single: one shard; multi: some; broadcast: all).",
+        ),
+        |shard, s| {
+            RouteKind::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!(",role=\"{}\",route=\"{}\"", role(shard, s), r.as_str()),
+                        s.stats.queries(*r),
+                    )
+                })
+                .collect()
+        },
+    );
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_transactions_total",
+            "counter",
+            "Answers that left no transaction open.",
+        ),
+        |_, s| one(s.stats.transactions()),
+    );
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_server_bytes_total",
+            "counter",
+            "Bytes written to (direction=\"sent\") and read from (\"received\") each server.",
+        ),
+        |_, s| {
+            vec![
+                (",direction=\"sent\"".into(), s.stats.bytes_sent()),
+                (",direction=\"received\"".into(), s.stats.bytes_received()),
+            ]
+        },
     );
     header(
-        &mut out,
-        "shardgate_queries_total",
-        "counter",
-        "Answers completed by servers, by route (single: one shard; multi: some; broadcast: all).",
-    );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            for r in RouteKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "shardgate_queries_total{{shard=\"{}\",server=\"{}\",role=\"{}\",route=\"{}\"}} {}",
-                    shard.name,
-                    s.addr,
-                    role(shard, s),
-                    r.as_str(),
-                    s.stats.queries(r)
-                );
-            }
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_transactions_total",
-        "counter",
-        "Answers that left no transaction open.",
-    );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            let _ = writeln!(
-                out,
-                "shardgate_transactions_total{{shard=\"{}\",server=\"{}\"}} {}",
-                shard.name,
-                s.addr,
-                s.stats.transactions()
-            );
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_server_bytes_total",
-        "counter",
-        "Bytes written to (direction=\"sent\") and read from (\"received\") each server.",
-    );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            for (dir, n) in [
-                ("sent", s.stats.bytes_sent()),
-                ("received", s.stats.bytes_received()),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "shardgate_server_bytes_total{{shard=\"{}\",server=\"{}\",direction=\"{dir}\"}} {n}",
-                    shard.name, s.addr
-                );
-            }
-        }
-    }
-    header(
-        &mut out,
+        out,
         "shardgate_errors_total",
         "counter",
         "Errors sent to clients (shardgate's and the servers'), by SQLSTATE class.",
@@ -187,7 +198,7 @@ pub fn render(src: &Sources) -> String {
         let _ = writeln!(out, "shardgate_errors_total{{class=\"{class}\"}} {n}");
     }
     header(
-        &mut out,
+        out,
         "shardgate_query_duration_seconds",
         "histogram",
         "From a request's first byte written to a server to its ReadyForQuery, per server.",
@@ -195,110 +206,87 @@ pub fn render(src: &Sources) -> String {
     for shard in &topology.shards {
         for s in shard.servers() {
             histogram(
-                &mut out,
+                out,
                 "shardgate_query_duration_seconds",
                 &format!("shard=\"{}\",server=\"{}\"", shard.name, s.addr),
                 &s.stats.latency,
             );
         }
     }
-    header(
-        &mut out,
-        "shardgate_server_up",
-        "gauge",
-        "1 when the server passes its health probes.",
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_server_up",
+            "gauge",
+            "1 when the server passes its health probes.",
+        ),
+        |shard, s| {
+            vec![(
+                format!(",role=\"{}\"", role(shard, s)),
+                u64::from(s.is_up()),
+            )]
+        },
     );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            let _ = writeln!(
-                out,
-                "shardgate_server_up{{shard=\"{}\",server=\"{}\",role=\"{}\"}} {}",
-                shard.name,
-                s.addr,
-                role(shard, s),
-                u8::from(s.is_up())
-            );
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_server_fenced",
-        "gauge",
-        "1 for a former primary replaced by failover: it gets no traffic and needs a rebuild.",
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_server_fenced",
+            "gauge",
+            "1 for a former primary replaced by failover: it gets no traffic and needs a rebuild.",
+        ),
+        |_, s| one(s.is_fenced()),
     );
-    for shard in &topology.shards {
-        for s in shard.servers() {
-            let _ = writeln!(
-                out,
-                "shardgate_server_fenced{{shard=\"{}\",server=\"{}\"}} {}",
-                shard.name,
-                s.addr,
-                u8::from(s.is_fenced())
-            );
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_replica_lag_bytes",
-        "gauge",
-        "Replay lag of a replica behind its primary.",
+    per_server(
+        out,
+        topology,
+        (
+            "shardgate_replica_lag_bytes",
+            "gauge",
+            "Replay lag of a replica behind its primary.",
+        ),
+        |shard, s| {
+            if shard.replicas().any(|r| Arc::ptr_eq(r, s)) {
+                one(s.lag_bytes())
+            } else {
+                Vec::new()
+            }
+        },
     );
-    for shard in &topology.shards {
-        for s in shard.replicas() {
-            let _ = writeln!(
-                out,
-                "shardgate_replica_lag_bytes{{shard=\"{}\",server=\"{}\"}} {}",
-                shard.name,
-                s.addr,
-                s.lag_bytes()
-            );
-        }
-    }
-    header(
-        &mut out,
-        "shardgate_failovers_total",
-        "counter",
-        "Primaries replaced by failover.",
+    per_shard(
+        out,
+        topology,
+        (
+            "shardgate_failovers_total",
+            "counter",
+            "Primaries replaced by failover.",
+        ),
+        Shard::failovers,
     );
-    for shard in &topology.shards {
-        let _ = writeln!(
-            out,
-            "shardgate_failovers_total{{shard=\"{}\"}} {}",
-            shard.name,
-            shard.failovers()
-        );
-    }
-    header(
-        &mut out,
-        "shardgate_shard_writable",
-        "gauge",
-        "1 when the shard has a primary taking writes (0 during a failover or a split brain).",
-    );
-    for shard in &topology.shards {
-        let _ = writeln!(
-            out,
-            "shardgate_shard_writable{{shard=\"{}\"}} {}",
-            shard.name,
-            u8::from(shard.primary().is_some())
-        );
-    }
-    header(
-        &mut out,
-        "shardgate_shard_paused",
-        "gauge",
-        "1 while the shard's new transactions are held by PAUSE.",
+    per_shard(
+        out,
+        topology,
+        (
+            "shardgate_shard_writable",
+            "gauge",
+            "1 when the shard has a primary taking writes (0 during a failover or a split brain).",
+        ),
+        |shard| u64::from(shard.primary().is_some()),
     );
     let paused = shared.pause.borrow().clone();
-    for shard in &topology.shards {
-        let _ = writeln!(
-            out,
-            "shardgate_shard_paused{{shard=\"{}\"}} {}",
-            shard.name,
-            u8::from(paused.holds(&shard.name))
-        );
-    }
+    per_shard(
+        out,
+        topology,
+        (
+            "shardgate_shard_paused",
+            "gauge",
+            "1 while the shard's new transactions are held by PAUSE.",
+        ),
+        |shard| u64::from(paused.holds(&shard.name)),
+    );
     header(
-        &mut out,
+        out,
         "shardgate_reloads_total",
         "counter",
         "Shard map reloads, by result (applied, refused).",
@@ -311,13 +299,13 @@ pub fn render(src: &Sources) -> String {
         let _ = writeln!(out, "shardgate_reloads_total{{result=\"{result}\"}} {n}");
     }
     header(
-        &mut out,
+        out,
         "shardgate_map_generation",
         "gauge",
         "The generation of the shard map in force (1 at start, +1 per applied reload).",
     );
     let _ = writeln!(out, "shardgate_map_generation {}", live.generation);
-    out
+    std::mem::take(out)
 }
 
 /// Serves `/metrics` on `listener` until `stop`.

@@ -83,6 +83,17 @@ fn with_replicas(map: &str, replicas: &str) -> String {
         + "\n"
 }
 
+/// The rows of table `moved` on `server`, read directly: (id, port of the server that wrote it).
+async fn moved_rows(server: &shardgate::localcluster::Instance) -> anyhow::Result<Vec<(i32, i32)>> {
+    Ok(connect(&server.app_conninfo())
+        .await?
+        .query("SELECT id, at FROM moved ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Polls `server` (as its superuser) until no connection of the `app` role is left on it.
 async fn no_app_connections(
     server: &shardgate::localcluster::Instance,
@@ -566,24 +577,12 @@ fn reload_drains_a_removed_replica_moves_the_primary_and_adds_a_user(
         client
             .batch_execute("INSERT INTO moved VALUES (3, inet_server_port())")
             .await?;
-        let on_old: Vec<(i32, i32)> = connect(&s0.primary.app_conninfo())
-            .await?
-            .query("SELECT id, at FROM moved ORDER BY id", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let on_old = moved_rows(&s0.primary).await?;
         ensure!(
             on_old == vec![(1, i32::from(p0)), (2, i32::from(p0))],
             "old primary holds {on_old:?}"
         );
-        let on_new: Vec<(i32, i32)> = connect(&other.app_conninfo())
-            .await?
-            .query("SELECT id, at FROM moved ORDER BY id", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let on_new = moved_rows(other).await?;
         ensure!(
             on_new == vec![(3, i32::from(p1))],
             "new primary holds {on_new:?}"

@@ -183,6 +183,8 @@ impl Session {
         };
         self.held = None;
         self.forget_request_timing();
+        self.info
+            .set(crate::frontend::clients::ClientState::Idle, None);
         let reason = self.server_fatal.take().unwrap_or(reason);
         self.cancel.set(None);
         let server = conn.addr;

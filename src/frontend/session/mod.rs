@@ -389,12 +389,6 @@ impl Session {
             if let Ok(Flow::Continue) = outcome {
                 outcome = self.resume_client().await;
             }
-            if self.backend.is_none()
-                && self.multi.is_none()
-                && self.info.state() == super::clients::ClientState::Active
-            {
-                self.info.set(super::clients::ClientState::Idle, None);
-            }
         }
         if let Err(End::Fatal(e)) = outcome {
             debug!(error = %e, "closing the session");
